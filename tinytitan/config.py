@@ -1,0 +1,288 @@
+"""Job configuration: nested dataclasses read from a TOML file, then from `--section.key=value`.
+
+Later settings win: defaults, then the TOML file (`--job.config_file=...`), then the command line in
+order. Every value is checked as it is applied, so an error names where it came from (the file or
+the flag), the key, the value and what was expected. `--help` prints every key.
+"""
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from tinytitan.errors import UserError
+from tinytitan.models.llama import FLAVORS
+
+
+class ConfigError(UserError):
+    pass
+
+
+def option(default, doc: str, *, choices=None, min=None, above=None, max=None, below=None):
+    """A config key: its default, a one-line doc, and the values it accepts."""
+    limits = {"choices": choices, "min": min, "above": above, "max": max, "below": below}
+    return field(default=default, metadata={"doc": doc, **limits})
+
+
+@dataclass
+class Job:
+    config_file: str = option("", "TOML file applied before the command-line overrides")
+    name: str = option("debug", "run name: the run folder is <dump_folder>/<name>")
+    dump_folder: str = option("./outputs", "folder holding the run folders")
+    description: str = option("", "free text printed at start")
+
+
+@dataclass
+class Model:
+    flavor: str = option("debug", "named model size", choices=tuple(FLAVORS))
+
+
+@dataclass
+class Training:
+    steps: int = option(200, "optimizer steps to train", min=1)
+    seq_len: int = option(256, "tokens per sample (at most the flavor's max_seq_len)", min=2)
+    global_batch_tokens: int = option(
+        8192, "tokens per optimizer step over all ranks; gradient accumulation makes up what the ranks' "
+        "micro-batches do not", min=1)
+    micro_batch_size: int = option(8, "sequences per rank in one forward/backward", min=1)
+    max_norm: float = option(1.0, "clip gradients to this global L2 norm (0 disables clipping)", min=0.0)
+    mixed_precision: str = option("auto", "auto: bf16 autocast on CUDA, float32 on CPU", choices=("auto", "bf16", "fp32"))
+    device: str = option("auto", "auto: CUDA when available, else CPU", choices=("auto", "cuda", "cpu"))
+    seed: int = option(42, "seed of the initial weights and the data order", min=0)
+
+
+@dataclass
+class Optimizer:
+    name: str = option("AdamW", "optimizer (fused kernel on CUDA)", choices=("AdamW",))
+    lr: float = option(4e-4, "peak learning rate", above=0.0)
+    beta1: float = option(0.9, "AdamW beta1", min=0.0, below=1.0)
+    beta2: float = option(0.95, "AdamW beta2", min=0.0, below=1.0)
+    eps: float = option(1e-8, "AdamW epsilon", above=0.0)
+    weight_decay: float = option(0.1, "decoupled weight decay, applied to every parameter as TinyLlama did", min=0.0)
+
+
+@dataclass
+class LRScheduler:
+    warmup_steps: int = option(2000, "steps of linear warmup to the peak lr", min=0)
+    decay_type: str = option("cosine", "decay from the peak to min_lr after warmup", choices=("cosine", "linear", "constant"))
+    min_lr: float = option(4e-5, "learning rate at the last step", min=0.0)
+
+
+@dataclass
+class Data:
+    dataset: str = option("builtin", "builtin: Python's docs and sources, 7:3 prose:code; shards: data.path",
+                          choices=("builtin", "shards"))
+    path: str = option("", "folder of token shards (*.bin) when dataset = 'shards'")
+    tokenizer_path: str = option("", "sentencepiece tokenizer.model; empty with 'builtin' trains one on the corpus")
+    cache_dir: str = option("~/.cache/tinytitan", "where the built-in corpus is prepared once and reused")
+
+
+@dataclass
+class Metrics:
+    log_freq: int = option(10, "log a line (and TensorBoard scalars) every this many steps", min=1)
+    enable_tensorboard: bool = option(True, "write TensorBoard scalars under <run folder>/tb")
+
+
+@dataclass
+class Compile:
+    enable: bool = option(False, "torch.compile each transformer block")
+
+
+@dataclass
+class JobConfig:
+    job: Job = field(default_factory=Job)
+    model: Model = field(default_factory=Model)
+    training: Training = field(default_factory=Training)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
+    data: Data = field(default_factory=Data)
+    metrics: Metrics = field(default_factory=Metrics)
+    compile: Compile = field(default_factory=Compile)
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _sections(config: JobConfig) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def _key_field(config: JobConfig, key: str, source: str) -> tuple[Any, dataclasses.Field]:
+    section_name, _, name = key.partition(".")
+    sections = _sections(config)
+    if section_name not in sections or not name:
+        raise ConfigError(f"{source}: unknown section {section_name!r}: expected one of {', '.join(sections)}")
+    section = sections[section_name]
+    keys = {f.name: f for f in dataclasses.fields(section)}
+    if name not in keys:
+        raise ConfigError(f"{source}: unknown key {key!r}: expected one of {', '.join(section_name + '.' + k for k in keys)}")
+    return section, keys[name]
+
+
+def _expected(f: dataclasses.Field) -> str:
+    meta, words = f.metadata, [_TYPE_NAMES[f.type]]
+    if meta["choices"]:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    for limit, sign in (("min", ">="), ("above", ">"), ("max", "<="), ("below", "<")):
+        if meta[limit] is not None:
+            words.append(f"{sign} {meta[limit]}")
+    return " ".join(words)
+
+
+def _check_range(value, f: dataclasses.Field) -> bool:
+    meta = f.metadata
+    return not (
+        (isinstance(value, float) and not math.isfinite(value))
+        or (meta["choices"] and value not in meta["choices"])
+        or (meta["min"] is not None and value < meta["min"])
+        or (meta["above"] is not None and value <= meta["above"])
+        or (meta["max"] is not None and value > meta["max"])
+        or (meta["below"] is not None and value >= meta["below"])
+    )
+
+
+def _from_toml(value, f: dataclasses.Field):
+    """The TOML value as the field's type, or None when it has another type."""
+    if f.type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is f.type:
+        return value
+    return None
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _from_text(text: str, f: dataclasses.Field):
+    """The command-line text as the field's type, or None when it does not parse."""
+    if f.type is str:
+        return text
+    if f.type is bool:
+        lowered = text.lower()
+        return True if lowered in _TRUE else False if lowered in _FALSE else None
+    try:
+        return f.type(text)
+    except ValueError:
+        return None
+
+
+def _apply(config: JobConfig, key: str, raw, source: str, parse) -> None:
+    section, f = _key_field(config, key, source)
+    value = parse(raw, f)
+    if value is None or not _check_range(value, f):
+        raise ConfigError(f"{source}: {key} = {_toml_value(raw)}: expected {_expected(f)}")
+    setattr(section, f.name, value)
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"--job.config_file={path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--job.config_file={path}: cannot read it ({error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+
+
+def _apply_toml(config: JobConfig, path: str) -> None:
+    for section_name, table in _read_toml(path).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: top-level key {section_name!r}: expected a [section] table")
+        for name, value in table.items():
+            key = f"{section_name}.{name}"
+            if isinstance(value, dict):
+                raise ConfigError(f"{path}: {key}: expected a value, got a table")
+            if section_name == "job" and name == "config_file":
+                continue  # a saved config names the file it came from; it does not chain to it
+            _apply(config, key, value, path, _from_toml)
+
+
+def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
+    """`--section.key=value` or `--section.key value` pairs, in order; a bare boolean flag means true."""
+    overrides, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(f"argument {arg!r}: expected --section.key=value (see --help)")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, value = arg[2:], argv[i + 1]
+            i += 1
+        else:
+            key, value = arg[2:], "true"
+        overrides.append((key, value))
+        i += 1
+    return overrides
+
+
+def load_config(argv: list[str]) -> JobConfig:
+    """Defaults, then the TOML file named by --job.config_file, then each override in order."""
+    overrides = parse_overrides(argv)
+    config = JobConfig()
+    config_files = [value for key, value in overrides if key == "job.config_file"]
+    if config_files and config_files[-1]:
+        _apply_toml(config, config_files[-1])
+    for key, value in overrides:
+        _apply(config, key, value, "command line", _from_text)
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: JobConfig) -> None:
+    flavor = FLAVORS[config.model.flavor]
+    if config.training.seq_len > flavor.max_seq_len:
+        raise ConfigError(
+            f"training.seq_len = {config.training.seq_len}: expected at most {flavor.max_seq_len}, "
+            f"the max_seq_len of flavor {config.model.flavor!r}")
+    if config.lr_scheduler.min_lr > config.optimizer.lr:
+        raise ConfigError(f"lr_scheduler.min_lr = {config.lr_scheduler.min_lr}: expected at most optimizer.lr = {config.optimizer.lr}")
+    if config.data.dataset == "shards" and not config.data.path:
+        raise ConfigError("data.path = \"\": expected a folder of token shards when data.dataset = 'shards'")
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+def to_toml(config: JobConfig) -> str:
+    """The whole resolved config as TOML, loadable again with --job.config_file."""
+    lines = []
+    for section_name, section in _sections(config).items():
+        lines.append(f"[{section_name}]")
+        lines.extend(f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in dataclasses.fields(section))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def help_text() -> str:
+    lines = [
+        "usage: python -m tinytitan.train [--job.config_file=FILE.toml] [--section.key=value ...]",
+        "",
+        "Defaults, then the TOML file, then the overrides in order (later wins). Keys:",
+    ]
+    for section_name, section in _sections(JobConfig()).items():
+        lines.append(f"\n[{section_name}]")
+        for f in dataclasses.fields(section):
+            default = _toml_value(getattr(section, f.name))
+            expected = _expected(f)
+            accepts = "" if expected == _TYPE_NAMES[f.type] else f"; expected {expected}"
+            lines.append(f"  --{section_name}.{f.name} ({f.type.__name__}, default {default}): {f.metadata['doc']}{accepts}")
+    return "\n".join(lines)
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(arg in ("-h", "--help") for arg in argv)

@@ -1,0 +1,26 @@
+"""The one error type for user mistakes, and the entry-point wrapper that reports it.
+
+A bad config key, a missing file or a corrupt shard is the user's to fix: it is printed as one
+line naming what was wrong and what was expected, and the process exits with status 2. Bugs are
+any other exception and keep their tracebacks.
+"""
+
+import sys
+from typing import Callable, NoReturn
+
+USER_ERROR_EXIT_CODE = 2
+
+
+class UserError(Exception):
+    """Something the user gave (config, path, data, checkpoint) is wrong; the message says what."""
+
+
+def run_entry_point(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> NoReturn:
+    """Run `main(argv)`, turning a UserError into one line on stderr and exit status 2."""
+    try:
+        status = main(sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        message = " ".join(str(error).split())  # one line, whatever the message held
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    sys.exit(status or 0)
