@@ -1,0 +1,127 @@
+"""Our state-dict names and model arguments <-> Hugging Face `LlamaForCausalLM`'s.
+
+Both sides use the half-split rotary layout, so tensors move unchanged: only names differ. The
+config.json fields are derived from `ModelArgs` here, and back, so export and import cannot drift.
+"""
+
+import re
+
+import torch
+
+from tinytitan.errors import UserError
+from tinytitan.models.llama import ModelArgs
+
+# Names outside the transformer blocks.
+_TOP_LEVEL = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+# Names inside block i: ours after "layers.{i}.", theirs after "model.layers.{i}.".
+_PER_LAYER = {
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+
+_OURS_LAYER = re.compile(r"layers\.(\d+)\.(.+)")
+_HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+_HF_TOP_LEVEL = {hf: ours for ours, hf in _TOP_LEVEL.items()}
+_HF_PER_LAYER = {hf: ours for ours, hf in _PER_LAYER.items()}
+
+
+def to_hf_name(name: str) -> str:
+    if name in _TOP_LEVEL:
+        return _TOP_LEVEL[name]
+    match = _OURS_LAYER.fullmatch(name)
+    if match and match.group(2) in _PER_LAYER:
+        return f"model.layers.{match.group(1)}.{_PER_LAYER[match.group(2)]}"
+    raise UserError(f"parameter {name!r}: not a tinytitan Llama parameter name")
+
+
+def from_hf_name(name: str) -> str:
+    if name in _HF_TOP_LEVEL:
+        return _HF_TOP_LEVEL[name]
+    match = _HF_LAYER.fullmatch(name)
+    if match and match.group(2) in _HF_PER_LAYER:
+        return f"layers.{match.group(1)}.{_HF_PER_LAYER[match.group(2)]}"
+    raise UserError(f"parameter {name!r}: not a Hugging Face LlamaForCausalLM parameter name")
+
+
+def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {to_hf_name(name): tensor for name, tensor in state_dict.items()}
+
+
+def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # transformers derives the rotary tables; older checkpoints saved them, and we derive ours too.
+    return {
+        from_hf_name(name): tensor
+        for name, tensor in state_dict.items()
+        if not name.endswith("rotary_emb.inv_freq")
+    }
+
+
+def to_hf_config(args: ModelArgs, bos_id: int = 1, eos_id: int = 2) -> dict:
+    """The fields of a LlamaForCausalLM config.json that describe this model."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": args.dim,
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads,
+        "head_dim": args.head_dim,
+        "intermediate_size": args.ffn_hidden_dim,
+        "vocab_size": args.vocab_size,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "max_position_embeddings": args.max_seq_len,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+    }
+
+
+def _rope_theta(config: dict) -> float:
+    # transformers 5 moved rope_theta into rope_parameters; accept both spellings.
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise UserError(f"config rope type {rope['rope_type']!r}: only plain rotary embeddings are supported")
+    return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+def from_hf_config(config: dict) -> ModelArgs:
+    """ModelArgs from a LlamaForCausalLM config.json dict (unknown extras are ignored)."""
+    if config.get("model_type") != "llama":
+        raise UserError(f"config model_type={config.get('model_type')!r}: expected 'llama'")
+    if config.get("tie_word_embeddings", False):
+        raise UserError("config tie_word_embeddings=true: expected an untied output head, as in Llama 2")
+    try:
+        n_heads = config["num_attention_heads"]
+        args = ModelArgs(
+            dim=config["hidden_size"],
+            n_layers=config["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=config.get("num_key_value_heads") or n_heads,
+            vocab_size=config["vocab_size"],
+            ffn_hidden_dim=config["intermediate_size"],
+            norm_eps=config.get("rms_norm_eps", 1e-5),
+            rope_theta=_rope_theta(config),
+            max_seq_len=config.get("max_position_embeddings", 2048),
+        )
+    except KeyError as missing:
+        raise UserError(f"config has no {missing.args[0]!r}: expected a LlamaForCausalLM config") from None
+    head_dim = config.get("head_dim")
+    if head_dim is not None and head_dim != args.head_dim:
+        raise UserError(f"config head_dim={head_dim}: expected hidden_size/num_attention_heads={args.head_dim}")
+    return args
