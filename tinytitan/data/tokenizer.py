@@ -1,0 +1,57 @@
+"""A sentencepiece tokenizer with Llama's conventions (bos and eos added on request)."""
+
+import hashlib
+from pathlib import Path
+
+import sentencepiece as spm
+
+from tinytitan.errors import UserError
+
+
+class Tokenizer:
+    """Loads any Llama-style `tokenizer.model` (the Llama 2 one: 32000 pieces, bos=1, eos=2)."""
+
+    def __init__(self, model_path: str | Path):
+        self.path = Path(model_path).expanduser()
+        if not self.path.is_file():
+            raise UserError(f"tokenizer {self.path}: no such file (expected a sentencepiece tokenizer.model)")
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.Load(str(self.path))
+        except (OSError, RuntimeError) as error:
+            raise UserError(f"tokenizer {self.path}: not a sentencepiece model ({error})") from None
+        if self.bos_id < 0 or self.eos_id < 0:
+            raise UserError(f"tokenizer {self.path}: expected bos and eos pieces, as Llama tokenizers have")
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.GetPieceSize()
+
+    @property
+    def bos_id(self) -> int:
+        return self._sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self._sp.eos_id()
+
+    @property
+    def pad_id(self) -> int:
+        """-1 when the model has no padding piece (Llama 2 has none)."""
+        return self._sp.pad_id()
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        return ([self.bos_id] if bos else []) + self._sp.EncodeAsIds(text) + ([self.eos_id] if eos else [])
+
+    def decode(self, ids: list[int]) -> str:
+        return self._sp.DecodeIds(list(ids))
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._sp.IdToPiece(token_id)
+
+    def piece_to_id(self, piece: str) -> int:
+        return self._sp.PieceToId(piece)
+
+    def checksum(self) -> str:
+        """sha256 of the model file: names what a set of shards was tokenized with."""
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
