@@ -1,0 +1,176 @@
+"""The training loop: `python -m tinytitan.train --job.config_file=FILE [--section.key=value ...]`.
+
+It wires config, data, model, optimizer and metrics together and owns none of their internals.
+"""
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tinytitan.config import JobConfig, help_text, load_config, to_toml, wants_help
+from tinytitan.data.builtin_corpus import prepare_builtin_corpus
+from tinytitan.data.loader import DataLoader, SampleStream
+from tinytitan.data.tokenizer import Tokenizer
+from tinytitan.errors import UserError, run_entry_point
+from tinytitan.metrics import MetricsLogger, flops_per_token, memory_gib, peak_flops
+from tinytitan.models.llama import FLAVORS, ModelArgs, build_model, count_parameters
+from tinytitan.optim import build_lr_scheduler, build_optimizer
+
+
+def select_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("training.device = \"cuda\": expected a CUDA device, but torch sees none (use \"auto\" or \"cpu\")")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def check_single_process() -> None:
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1:
+        raise UserError(f"WORLD_SIZE={world_size}: this version trains in one process; run with NGPU=1")
+
+
+def prepare_data(config: JobConfig) -> tuple[Tokenizer, list[Path]]:
+    """The tokenizer and the token shards to train on."""
+    data = config.data
+    if data.dataset == "builtin":
+        corpus = prepare_builtin_corpus(data.cache_dir, data.tokenizer_path or None)
+        return Tokenizer(corpus.tokenizer_path), [path for paths in corpus.shards.values() for path in paths]
+    if not data.tokenizer_path:
+        raise UserError("data.tokenizer_path = \"\": expected the tokenizer.model the shards were made with")
+    folder = Path(data.path).expanduser()
+    shards = sorted(folder.glob("**/*.bin"))
+    if not shards:
+        raise UserError(f"data.path = {str(folder)!r}: expected a folder holding token shards (*.bin), found none")
+    return Tokenizer(data.tokenizer_path), shards
+
+
+def gradient_accumulation_steps(config: JobConfig, world_size: int) -> int:
+    """Micro-steps per optimizer step, so that every step sees global_batch_tokens tokens."""
+    t = config.training
+    tokens_per_micro_step = t.micro_batch_size * t.seq_len * world_size
+    if t.global_batch_tokens % tokens_per_micro_step:
+        raise UserError(
+            f"training.global_batch_tokens = {t.global_batch_tokens}: expected a multiple of micro_batch_size "
+            f"x seq_len x ranks = {t.micro_batch_size} x {t.seq_len} x {world_size} = {tokens_per_micro_step}")
+    return t.global_batch_tokens // tokens_per_micro_step
+
+
+def autocast_context(config: JobConfig, device: torch.device):
+    bf16 = config.training.mixed_precision == "bf16" or (config.training.mixed_precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def start_run_folder(config: JobConfig) -> Path:
+    """Print the resolved config and save it as <run folder>/config.toml."""
+    run_dir = Path(config.job.dump_folder).expanduser() / config.job.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = to_toml(config)
+    print(f"resolved config (saved to {run_dir / 'config.toml'}):\n{resolved}", flush=True)
+    (run_dir / "config.toml").write_text(resolved)
+    return run_dir
+
+
+def build_training_model(args: ModelArgs, config: JobConfig, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(config.training.seed)
+    model = build_model(args, device)
+    if config.compile.enable:
+        for block in model.layers.values():
+            block.compile(fullgraph=True)  # in place: parameter names stay unchanged
+    return model
+
+
+@dataclass
+class Throughput:
+    """Counts tokens between log lines and turns them into tokens/s and MFU."""
+
+    flops_per_token: float
+    peak_flops: float | None
+    tokens: int = 0
+    since: float = field(default_factory=time.perf_counter)
+
+    def reset(self) -> None:
+        self.tokens, self.since = 0, time.perf_counter()
+
+    def report(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.since, 1e-9)
+        values = {"tokens_per_second": self.tokens / elapsed}
+        if self.peak_flops:
+            values["mfu_percent"] = 100 * values["tokens_per_second"] * self.flops_per_token / self.peak_flops
+        return values
+
+
+def train(config: JobConfig) -> dict[int, float]:
+    """Train as configured; returns the loss of every logged step."""
+    check_single_process()
+    device = select_device(config.training.device)
+    run_dir = start_run_folder(config)
+    tokenizer, shards = prepare_data(config)
+    args = FLAVORS[config.model.flavor]
+    if tokenizer.vocab_size > args.vocab_size:
+        raise UserError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces: expected at most the "
+                        f"vocab_size {args.vocab_size} of flavor {config.model.flavor!r}")
+    accumulation = gradient_accumulation_steps(config, world_size=1)
+    model = build_training_model(args, config, device)
+    optimizer = build_optimizer(model, config.optimizer, device)
+    scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.training.steps)
+    stream = SampleStream(shards, config.training.seq_len, config.training.seed)
+    loader = DataLoader(stream, config.training.micro_batch_size, device=device)
+    logger = MetricsLogger(run_dir / "tb" if config.metrics.enable_tensorboard else None)
+    throughput = Throughput(
+        flops_per_token(args, count_parameters(model, exclude_embedding=True), config.training.seq_len),
+        peak_flops(device))
+    print(f"model {config.model.flavor}: {count_parameters(model):,} parameters on {device}; "
+          f"{stream.total_tokens:,} tokens in {len(shards)} shards; {accumulation} micro-steps of "
+          f"{config.training.micro_batch_size} x {config.training.seq_len} tokens per step", flush=True)
+    max_norm = config.training.max_norm or math.inf  # inf: measure the norm, clip nothing
+    losses: dict[int, float] = {}
+    start = time.perf_counter()
+    throughput.reset()
+    for step in range(1, config.training.steps + 1):
+        step_loss = torch.zeros((), device=device)
+        for _ in range(accumulation):
+            inputs, labels = next(loader)
+            with autocast_context(config, device):
+                loss = model(inputs, labels) / accumulation
+            loss.backward()
+            step_loss += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        throughput.tokens += accumulation * inputs.numel()
+        if step == 1 or step % config.metrics.log_freq == 0 or step == config.training.steps:
+            losses[step] = step_loss.item()  # the only host sync of a step, and only on logging steps
+            if not math.isfinite(losses[step]):
+                raise RuntimeError(f"loss is {losses[step]} at step {step}")
+            values = {"loss": losses[step], "grad_norm": grad_norm.item(), "lr": lr, **throughput.report(),
+                      "memory_gib": memory_gib(device)}
+            logger.log(step, values)
+            throughput.reset()
+    logger.close()
+    elapsed = time.perf_counter() - start
+    print(f"done: {config.training.steps} steps in {elapsed:.0f}s; loss {losses[1]:.3f} at step 1, "
+          f"{losses[step]:.3f} at step {step}; run folder {run_dir}", flush=True)
+    return losses
+
+
+def main(argv: list[str]) -> int:
+    if wants_help(argv):
+        print(help_text())
+        return 0
+    train(load_config(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    run_entry_point(main)
