@@ -1,0 +1,46 @@
+"""Shared fixtures: a built-in corpus prepared once per test session in a temporary cache, the
+real Llama 2 tokenizer when the checkout has it, and the skipping of GPU tests without CUDA."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The real Llama 2 tokenizer lives beside the checkout and is never committed into it.
+LLAMA2_TOKENIZER = Path(os.environ.get("TINYTITAN_LLAMA2_TOKENIZER", REPO_ROOT.parent / "shared/assets/llama2-tokenizer.model"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def corpus_cache(tmp_path_factory) -> Path:
+    """A cache folder holding the built-in corpus (with its own tokenizer), built once."""
+    from tinytitan.data.builtin_corpus import prepare_builtin_corpus
+
+    cache = tmp_path_factory.mktemp("cache")
+    prepare_builtin_corpus(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def builtin_corpus(corpus_cache):
+    from tinytitan.data.builtin_corpus import prepare_builtin_corpus
+
+    return prepare_builtin_corpus(corpus_cache)
+
+
+def run_python(*args: str, cwd: Path = REPO_ROOT, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python ARGS` as a user would, capturing its output."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})

@@ -1,0 +1,95 @@
+import dataclasses
+
+import pytest
+
+from conftest import run_python
+from tinytitan.config import ConfigError, JobConfig, help_text, load_config, to_toml
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    return path
+
+
+def test_no_arguments_gives_the_defaults():
+    assert load_config([]) == JobConfig()
+
+
+def test_command_line_overrides_the_file_and_later_flags_win(tmp_path):
+    path = write(tmp_path, "[training]\nsteps = 5\nseq_len = 64\n[optimizer]\nlr = 1\n")
+    config = load_config([f"--job.config_file={path}", "--training.steps=7", "--training.steps", "9",
+                          "--compile.enable", "--optimizer.beta2=0.5"])
+    assert config.training.steps == 9  # the later of two flags
+    assert config.training.seq_len == 64  # from the file
+    assert config.optimizer.lr == 1.0 and isinstance(config.optimizer.lr, float)  # int accepted for float
+    assert config.compile.enable is True  # a bare boolean flag
+    assert config.optimizer.beta2 == 0.5
+
+
+def test_saved_config_loads_back_to_the_same_config(tmp_path):
+    config = load_config(["--training.steps=3", "--job.name=a \"quoted\" name", "--metrics.enable_tensorboard=false",
+                          "--optimizer.lr=0.00123", "--lr_scheduler.min_lr=1e-5"])
+    path = write(tmp_path, to_toml(config))
+    reloaded = load_config([f"--job.config_file={path}"])
+    assert dataclasses.replace(reloaded, job=dataclasses.replace(reloaded.job, config_file="")) == config
+
+
+@pytest.mark.parametrize(
+    "toml, flags, expected",
+    [
+        ("[trainin]\nsteps = 1\n", [], ["job.toml", "unknown section 'trainin'", "training"]),
+        ("[training]\nstepz = 1\n", [], ["job.toml", "unknown key 'training.stepz'", "training.steps"]),
+        ("[training]\nsteps = \"ten\"\n", [], ["job.toml", "training.steps = \"ten\"", "expected an integer >= 1"]),
+        ("[training]\nsteps = true\n", [], ["job.toml", "training.steps = true", "expected an integer"]),
+        ("[training]\nsteps = 0\n", [], ["job.toml", "training.steps = 0", "expected an integer >= 1"]),
+        ("[optimizer]\nlr = 0.0\n", [], ["job.toml", "optimizer.lr = 0.0", "expected a number > 0.0"]),
+        ("[optimizer]\nbeta2 = 1.0\n", [], ["optimizer.beta2 = 1.0", "< 1.0"]),
+        ("[model]\nflavor = \"huge\"\n", [], ["model.flavor = \"huge\"", "one of 'debug', 'tinyllama_1b'"]),
+        ("[training]\n[training.nested]\nx = 1\n", [], ["training.nested", "expected a value, got a table"]),
+        ("steps = 3\n", [], ["top-level key 'steps'", "expected a [section] table"]),
+        ("[training\n", [], ["job.toml", "not valid TOML"]),
+        ("", ["--training.steps=-3"], ["command line", "training.steps = \"-3\"", "expected an integer >= 1"]),
+        ("", ["--optimizer.lr=nan"], ["optimizer.lr = \"nan\"", "expected a number > 0.0"]),
+        ("", ["--compile.enable=maybe"], ["compile.enable = \"maybe\"", "expected a boolean"]),
+        ("", ["--training.seq_len=4096"], ["training.seq_len = 4096", "at most 1024", "'debug'"]),
+        ("", ["--lr_scheduler.min_lr=1", "--optimizer.lr=0.1"], ["lr_scheduler.min_lr = 1.0", "at most optimizer.lr"]),
+        ("", ["training.steps=3"], ["argument 'training.steps=3'", "--section.key=value"]),
+        ("", ["--data.dataset=shards"], ["data.path", "folder of token shards"]),
+    ],
+)
+def test_bad_config_names_source_key_value_and_expectation(tmp_path, toml, flags, expected):
+    path = write(tmp_path, toml)
+    with pytest.raises(ConfigError) as error:
+        load_config([f"--job.config_file={path}", *flags])
+    for fragment in expected:
+        assert fragment in str(error.value)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="no_such.toml: no such file"):
+        load_config([f"--job.config_file={tmp_path / 'no_such.toml'}"])
+
+
+@pytest.mark.parametrize("args", [["--training.stepz=3"], ["--training.steps=abc"], ["--job.config_file=BAD"]])
+def test_entry_point_prints_one_line_and_exits_2(tmp_path, args):
+    bad_file = write(tmp_path, "[training]\nsteps = -1\n")
+    args = [a.replace("BAD", str(bad_file)) for a in args]
+    result = run_python("-m", "tinytitan.train", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_help_lists_every_key_with_type_default_and_doc():
+    result = run_python("-m", "tinytitan.train", "--help")
+    assert result.returncode == 0
+    assert result.stdout.strip() == help_text().strip()
+    config = JobConfig()
+    for section in dataclasses.fields(config):
+        for key in dataclasses.fields(getattr(config, section.name)):
+            lines = [line for line in result.stdout.splitlines() if f"--{section.name}.{key.name} " in line]
+            assert len(lines) == 1, f"{section.name}.{key.name} missing from --help"
+            assert f"({key.type.__name__}, default " in lines[0]
+            assert key.metadata["doc"] in lines[0]

@@ -1,0 +1,89 @@
+"""Our Llama against Hugging Face transformers' LlamaForCausalLM on the same weights."""
+
+import pytest
+import torch
+
+from tinytitan.errors import UserError
+from tinytitan.models.hf_adapter import (
+    from_hf_config, from_hf_state_dict, to_hf_config, to_hf_name, to_hf_state_dict,
+)
+from tinytitan.models.llama import FLAVORS, ModelArgs, build_model
+
+transformers = pytest.importorskip("transformers")
+
+# Awkward sizes: head_dim 16, 3 query heads per KV head, odd vocabulary, non-default eps and theta.
+ARGS = ModelArgs(dim=96, n_layers=3, n_heads=6, n_kv_heads=2, vocab_size=301, ffn_hidden_dim=200,
+                 norm_eps=1e-6, rope_theta=5000.0, max_seq_len=64)
+
+
+def random_model(args: ModelArgs, seed: int):
+    torch.manual_seed(seed)
+    model = build_model(args, "cpu")
+    with torch.no_grad():  # norms start at 1; make them random too so their mapping is tested
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def hf_model(args: ModelArgs, state_dict, attention: str):
+    config = transformers.LlamaConfig(**to_hf_config(args), attn_implementation=attention)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.load_state_dict(to_hf_state_dict(state_dict), strict=True)
+    return model
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("seed, batch, seq", [(0, 3, 37), (1, 1, 64), (2, 4, 1)])
+def test_float32_logits_match_transformers(attention, seed, batch, seq):
+    ours = random_model(ARGS, seed)
+    theirs = hf_model(ARGS, ours.state_dict(), attention)
+    tokens = torch.randint(0, ARGS.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed + 100))
+    with torch.no_grad():
+        expected = theirs(tokens).logits
+        got = ours(tokens)
+    assert got.shape == expected.shape == (batch, seq, ARGS.vocab_size)
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert expected.abs().max().item() > 0.1  # the comparison is not between near-zero tensors
+
+
+def test_state_dict_round_trips_through_transformers_names():
+    ours = random_model(ARGS, 3)
+    theirs = hf_model(ARGS, ours.state_dict(), "eager")
+    back = from_hf_state_dict(theirs.state_dict())
+    assert set(back) == set(ours.state_dict())
+    assert all(torch.equal(back[name], tensor) for name, tensor in ours.state_dict().items())
+
+
+def test_config_round_trips_through_a_transformers_config():
+    for args in (ARGS, FLAVORS["tinyllama_1b"]):
+        config = transformers.LlamaConfig(**to_hf_config(args))
+        assert from_hf_config(config.to_dict()) == args
+        assert from_hf_config(to_hf_config(args)) == args
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model_type": "mistral"}, "model_type='mistral': expected 'llama'"),
+    ({"model_type": "llama", "tie_word_embeddings": True}, "untied output head"),
+    ({"model_type": "llama", "hidden_size": 64}, "no 'num_attention_heads'"),
+    ({**to_hf_config(ARGS), "head_dim": 32}, "head_dim=32: expected"),
+    ({**to_hf_config(ARGS), "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
+])
+def test_unsupported_configs_are_refused(config, message):
+    with pytest.raises(UserError, match=message):
+        from_hf_config(config)
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(UserError, match="layers.0.attention.wz.weight"):
+        to_hf_name("layers.0.attention.wz.weight")
+    with pytest.raises(UserError, match="not a Hugging Face"):
+        from_hf_state_dict({"model.layers.0.self_attn.q_norm.weight": torch.ones(1)})
+
+
+def test_our_kernels_folder_does_not_pose_as_the_hub_kernels_package():
+    from transformers.utils import import_utils
+
+    import tinytitan.kernels  # noqa: F401 - ours imported alongside transformers
+
+    assert not import_utils.is_kernels_available()

@@ -1,0 +1,83 @@
+"""End to end: the launcher and the training loop on the debug model and the built-in corpus."""
+
+import os
+import sys
+
+import pytest
+
+from conftest import LLAMA2_TOKENIZER, REPO_ROOT
+from tinytitan.config import load_config
+from tinytitan.errors import UserError
+from tinytitan.optim import lr_at_step
+from tinytitan.train import train
+
+
+def scalars(tensorboard_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir))
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def test_run_train_sh_trains_the_debug_model_and_the_loss_falls(tmp_path, corpus_cache):
+    import subprocess
+
+    result = subprocess.run(
+        ["./run_train.sh", "--training.steps=20", f"--job.dump_folder={tmp_path}", f"--data.cache_dir={corpus_cache}",
+         "--metrics.log_freq=5", "--lr_scheduler.warmup_steps=5"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TINYTITAN_PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "done: 20 steps" in result.stdout
+    run_dir = tmp_path / "debug"
+    values = scalars(run_dir / "tb")
+    assert {"loss", "lr", "grad_norm", "tokens_per_second", "memory_gib"} <= set(values)
+    loss = values["loss"]
+    assert sorted(loss) == [1, 5, 10, 15, 20]
+    assert loss[20] < loss[1] - 1.0, loss  # from about ln(4096) = 8.3
+    config = load_config([f"--job.config_file={run_dir / 'config.toml'}"])
+    assert config.training.steps == 20 and config.data.cache_dir == str(corpus_cache)
+    for step, lr in values["lr"].items():
+        assert lr == pytest.approx(lr_at_step(step, config.optimizer.lr, config.lr_scheduler, 20), rel=1e-6)
+
+
+def debug_config(tmp_path, corpus_cache, *overrides):
+    return load_config([f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}", f"--job.dump_folder={tmp_path}",
+                        f"--data.cache_dir={corpus_cache}", "--training.seq_len=64", "--metrics.log_freq=1",
+                        "--metrics.enable_tensorboard=false", *overrides])
+
+
+def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cache):
+    whole = train(debug_config(tmp_path, corpus_cache, "--training.steps=4", "--training.micro_batch_size=8",
+                               "--training.global_batch_tokens=512"))
+    accumulated = train(debug_config(tmp_path, corpus_cache, "--training.steps=4", "--training.micro_batch_size=2",
+                                     "--training.global_batch_tokens=512"))
+    assert sorted(whole) == [1, 2, 3, 4]
+    for step in whole:
+        assert accumulated[step] == pytest.approx(whole[step], rel=1e-4)
+    assert whole[4] != whole[1]
+
+
+def test_training_reads_a_folder_of_shards(tmp_path, builtin_corpus):
+    losses = train(debug_config(tmp_path, "unused", "--training.steps=2", "--training.global_batch_tokens=512",
+                                "--data.dataset=shards", f"--data.path={builtin_corpus.folder}",
+                                f"--data.tokenizer_path={builtin_corpus.tokenizer_path}"))
+    assert sorted(losses) == [1, 2]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--training.global_batch_tokens=1000"], "expected a multiple of micro_batch_size x seq_len x ranks = 8 x 64 x 1 = 512"),
+    (["--data.dataset=shards", "--data.path=EMPTY", "--data.tokenizer_path=TOK"], "found none"),
+    (["--data.dataset=shards", "--data.path=EMPTY"], "data.tokenizer_path"),
+])
+def test_bad_setups_are_user_errors(tmp_path, corpus_cache, builtin_corpus, overrides, message):
+    overrides = [o.replace("EMPTY", str(tmp_path)).replace("TOK", str(builtin_corpus.tokenizer_path)) for o in overrides]
+    with pytest.raises(UserError, match=message):
+        train(debug_config(tmp_path, corpus_cache, "--training.steps=1", *overrides))
+
+
+@pytest.mark.skipif(not LLAMA2_TOKENIZER.is_file(), reason="the Llama 2 tokenizer is not beside the checkout")
+def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
+    with pytest.raises(UserError, match="32000 pieces: expected at most the vocab_size 4096 of flavor 'debug'"):
+        train(debug_config(tmp_path, tmp_path / "cache", "--training.steps=1", f"--data.tokenizer_path={LLAMA2_TOKENIZER}"))
