@@ -40,7 +40,7 @@ _tt_install_torch() {
   "$PYTHON" -c "$_TT_TORCH_IS_RECENT" 2>/dev/null && return 0
   # A torch wheel in pip's local wheel folder (find-links) first: no multi-GB download.
   if $pip install --no-index --no-deps "torch>=2.11" 2>/dev/null; then
-    version=$("$PYTHON" -c 'import torch; print(torch.__version__)')
+    version=$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("torch"))')  # no import: its deps are not there yet
     echo "tinytitan: using the local torch $version wheel" >&2
     $pip install "torch==$version"  # its own dependencies, from the index
   elif ! command -v nvidia-smi >/dev/null 2>&1; then
