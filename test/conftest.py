@@ -40,7 +40,12 @@ def builtin_corpus(corpus_cache):
     return prepare_builtin_corpus(corpus_cache)
 
 
-def run_python(*args: str, cwd: Path = REPO_ROOT, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python ARGS` as a user would, capturing its output."""
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def run_command(*argv: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command from the repository root as a user would, capturing its output. The launchers
+    use this test session's Python rather than setting up .venv."""
+    return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TINYTITAN_PYTHON": sys.executable, **(env or {})})
+
+
+def run_python(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run_command(sys.executable, *args, **kwargs)

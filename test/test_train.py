@@ -1,11 +1,8 @@
 """End to end: the launcher and the training loop on the debug model and the built-in corpus."""
 
-import os
-import sys
-
 import pytest
 
-from conftest import LLAMA2_TOKENIZER, REPO_ROOT
+from conftest import LLAMA2_TOKENIZER, REPO_ROOT, run_command
 from tinytitan.config import load_config
 from tinytitan.errors import UserError
 from tinytitan.optim import lr_at_step
@@ -21,13 +18,8 @@ def scalars(tensorboard_dir):
 
 
 def test_run_train_sh_trains_the_debug_model_and_the_loss_falls(tmp_path, corpus_cache):
-    import subprocess
-
-    result = subprocess.run(
-        ["./run_train.sh", "--training.steps=20", f"--job.dump_folder={tmp_path}", f"--data.cache_dir={corpus_cache}",
-         "--metrics.log_freq=5", "--lr_scheduler.warmup_steps=5"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "TINYTITAN_PYTHON": sys.executable})
+    result = run_command("./run_train.sh", "--training.steps=20", f"--job.dump_folder={tmp_path}",
+                         f"--data.cache_dir={corpus_cache}", "--metrics.log_freq=5", "--lr_scheduler.warmup_steps=5")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: 20 steps" in result.stdout
     run_dir = tmp_path / "debug"
@@ -42,6 +34,20 @@ def test_run_train_sh_trains_the_debug_model_and_the_loss_falls(tmp_path, corpus
         assert lr == pytest.approx(lr_at_step(step, config.optimizer.lr, config.lr_scheduler, 20), rel=1e-6)
 
 
+def losses(records):
+    return {record["step"]: record["loss"] for record in records}
+
+
+@pytest.mark.parametrize("ngpu", ["1", "2"])
+def test_run_train_sh_reports_a_config_mistake_in_one_line(ngpu):
+    result = run_command("./run_train.sh", "--training.stepz=3", env={"NGPU": ngpu})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: command line: unknown key 'training.stepz': expected one of training.steps, training.seq_len, "
+        "training.global_batch_tokens, training.micro_batch_size, training.max_norm, training.mixed_precision, "
+        "training.device, training.seed"]
+
+
 def debug_config(tmp_path, corpus_cache, *overrides):
     return load_config([f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}", f"--job.dump_folder={tmp_path}",
                         f"--data.cache_dir={corpus_cache}", "--training.seq_len=64", "--metrics.log_freq=1",
@@ -49,10 +55,10 @@ def debug_config(tmp_path, corpus_cache, *overrides):
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cache):
-    whole = train(debug_config(tmp_path, corpus_cache, "--training.steps=4", "--training.micro_batch_size=8",
-                               "--training.global_batch_tokens=512"))
-    accumulated = train(debug_config(tmp_path, corpus_cache, "--training.steps=4", "--training.micro_batch_size=2",
-                                     "--training.global_batch_tokens=512"))
+    whole = losses(train(debug_config(tmp_path, corpus_cache, "--training.steps=4", "--training.micro_batch_size=8",
+                               "--training.global_batch_tokens=512")))
+    accumulated = losses(train(debug_config(tmp_path, corpus_cache, "--training.steps=4", "--training.micro_batch_size=2",
+                                     "--training.global_batch_tokens=512")))
     assert sorted(whole) == [1, 2, 3, 4]
     for step in whole:
         assert accumulated[step] == pytest.approx(whole[step], rel=1e-4)
@@ -60,10 +66,16 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cach
 
 
 def test_training_reads_a_folder_of_shards(tmp_path, builtin_corpus):
-    losses = train(debug_config(tmp_path, "unused", "--training.steps=2", "--training.global_batch_tokens=512",
+    records = train(debug_config(tmp_path, "unused", "--training.steps=2", "--training.global_batch_tokens=512",
                                 "--data.dataset=shards", f"--data.path={builtin_corpus.folder}",
                                 f"--data.tokenizer_path={builtin_corpus.tokenizer_path}"))
-    assert sorted(losses) == [1, 2]
+    assert [record["step"] for record in records] == [1, 2]
+
+
+def test_synthetic_tokens_need_no_tokenizer_and_cover_the_vocabulary(tmp_path):
+    records = train(debug_config(tmp_path, "unused", "--training.steps=2", "--training.global_batch_tokens=512",
+                                 "--data.dataset=synthetic"))
+    assert records[0]["loss"] > 8.0  # uniform tokens over 4096 ids: ln(4096) = 8.32, nothing to learn
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -77,8 +77,8 @@ class LRScheduler:
 
 @dataclass
 class Data:
-    dataset: str = option("builtin", "builtin: Python's docs and sources, 7:3 prose:code; shards: data.path",
-                          choices=("builtin", "shards"))
+    dataset: str = option("builtin", "builtin: Python's docs and sources, 7:3 prose:code; shards: data.path; "
+                          "synthetic: uniform random tokens (benchmarks)", choices=("builtin", "shards", "synthetic"))
     path: str = option("", "folder of token shards (*.bin) when dataset = 'shards'")
     tokenizer_path: str = option("", "sentencepiece tokenizer.model; empty with 'builtin' trains one on the corpus")
     cache_dir: str = option("~/.cache/tinytitan", "where the built-in corpus is prepared once and reused")
@@ -286,3 +286,18 @@ def help_text() -> str:
 
 def wants_help(argv: list[str]) -> bool:
     return any(arg in ("-h", "--help") for arg in argv)
+
+
+def _check(argv: list[str]) -> int:
+    """`python -m tinytitan.config ARGS`: validate a job's config without running it."""
+    if wants_help(argv):
+        print(help_text())
+    else:
+        load_config(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    from tinytitan.errors import run_entry_point
+
+    run_entry_point(_check)

@@ -14,7 +14,7 @@ import torch
 
 from tinytitan.config import JobConfig, help_text, load_config, to_toml, wants_help
 from tinytitan.data.builtin_corpus import prepare_builtin_corpus
-from tinytitan.data.loader import DataLoader, SampleStream
+from tinytitan.data.loader import DataLoader, SampleStream, SyntheticStream
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError, run_entry_point
 from tinytitan.metrics import MetricsLogger, flops_per_token, memory_gib, peak_flops
@@ -36,8 +36,7 @@ def check_single_process() -> None:
         raise UserError(f"WORLD_SIZE={world_size}: this version trains in one process; run with NGPU=1")
 
 
-def prepare_data(config: JobConfig) -> tuple[Tokenizer, list[Path]]:
-    """The tokenizer and the token shards to train on."""
+def tokenizer_and_shards(config: JobConfig) -> tuple[Tokenizer, list[Path]]:
     data = config.data
     if data.dataset == "builtin":
         corpus = prepare_builtin_corpus(data.cache_dir, data.tokenizer_path or None)
@@ -49,6 +48,19 @@ def prepare_data(config: JobConfig) -> tuple[Tokenizer, list[Path]]:
     if not shards:
         raise UserError(f"data.path = {str(folder)!r}: expected a folder holding token shards (*.bin), found none")
     return Tokenizer(data.tokenizer_path), shards
+
+
+def build_sample_stream(config: JobConfig, args: ModelArgs) -> tuple[SampleStream | SyntheticStream, str]:
+    """The global sample stream, and a few words saying what it holds."""
+    seq_len, seed = config.training.seq_len, config.training.seed
+    if config.data.dataset == "synthetic":
+        return SyntheticStream(args.vocab_size, seq_len, seed), f"synthetic tokens over {args.vocab_size} ids"
+    tokenizer, shards = tokenizer_and_shards(config)
+    if tokenizer.vocab_size > args.vocab_size:
+        raise UserError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces: expected at most the "
+                        f"vocab_size {args.vocab_size} of flavor {config.model.flavor!r}")
+    stream = SampleStream(shards, seq_len, seed)
+    return stream, f"{stream.total_tokens:,} tokens in {len(shards)} shards"
 
 
 def gradient_accumulation_steps(config: JobConfig, world_size: int) -> int:
@@ -63,8 +75,8 @@ def gradient_accumulation_steps(config: JobConfig, world_size: int) -> int:
 
 
 def autocast_context(config: JobConfig, device: torch.device):
-    bf16 = config.training.mixed_precision == "bf16" or (config.training.mixed_precision == "auto" and device.type == "cuda")
-    if not bf16:
+    precision = config.training.mixed_precision
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -88,6 +100,23 @@ def build_training_model(args: ModelArgs, config: JobConfig, device: torch.devic
     return model
 
 
+def train_step(model, optimizer, scheduler, loader, accumulation: int, autocast, max_norm: float):
+    """One optimizer step over `accumulation` micro-batches; returns (mean loss, grad norm) as
+    tensors, without waiting for the device."""
+    step_loss = None
+    for _ in range(accumulation):
+        inputs, labels = next(loader)
+        with autocast:
+            loss = model(inputs, labels) / accumulation
+        loss.backward()
+        step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm
+
+
 @dataclass
 class Throughput:
     """Counts tokens between log lines and turns them into tokens/s and MFU."""
@@ -108,60 +137,43 @@ class Throughput:
         return values
 
 
-def train(config: JobConfig) -> dict[int, float]:
-    """Train as configured; returns the loss of every logged step."""
+def train(config: JobConfig) -> list[dict[str, float]]:
+    """Train as configured; returns what each log line showed (step, loss, grad_norm, lr, ...)."""
     check_single_process()
     device = select_device(config.training.device)
     run_dir = start_run_folder(config)
-    tokenizer, shards = prepare_data(config)
     args = FLAVORS[config.model.flavor]
-    if tokenizer.vocab_size > args.vocab_size:
-        raise UserError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces: expected at most the "
-                        f"vocab_size {args.vocab_size} of flavor {config.model.flavor!r}")
+    stream, data_summary = build_sample_stream(config, args)
     accumulation = gradient_accumulation_steps(config, world_size=1)
     model = build_training_model(args, config, device)
     optimizer = build_optimizer(model, config.optimizer, device)
     scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.training.steps)
-    stream = SampleStream(shards, config.training.seq_len, config.training.seed)
     loader = DataLoader(stream, config.training.micro_batch_size, device=device)
     logger = MetricsLogger(run_dir / "tb" if config.metrics.enable_tensorboard else None)
-    throughput = Throughput(
-        flops_per_token(args, count_parameters(model, exclude_embedding=True), config.training.seq_len),
-        peak_flops(device))
-    print(f"model {config.model.flavor}: {count_parameters(model):,} parameters on {device}; "
-          f"{stream.total_tokens:,} tokens in {len(shards)} shards; {accumulation} micro-steps of "
-          f"{config.training.micro_batch_size} x {config.training.seq_len} tokens per step", flush=True)
-    max_norm = config.training.max_norm or math.inf  # inf: measure the norm, clip nothing
-    losses: dict[int, float] = {}
-    start = time.perf_counter()
+    t = config.training
+    throughput = Throughput(flops_per_token(args, count_parameters(model, exclude_embedding=True), t.seq_len), peak_flops(device))
+    print(f"model {config.model.flavor}: {count_parameters(model):,} parameters on {device}; data: {data_summary}; "
+          f"{accumulation} micro-steps of {t.micro_batch_size} x {t.seq_len} tokens per step", flush=True)
+    autocast, max_norm = autocast_context(config, device), t.max_norm or math.inf  # inf: measure, clip nothing
+    records, start = [], time.perf_counter()
     throughput.reset()
-    for step in range(1, config.training.steps + 1):
-        step_loss = torch.zeros((), device=device)
-        for _ in range(accumulation):
-            inputs, labels = next(loader)
-            with autocast_context(config, device):
-                loss = model(inputs, labels) / accumulation
-            loss.backward()
-            step_loss += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    for step in range(1, t.steps + 1):
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        throughput.tokens += accumulation * inputs.numel()
-        if step == 1 or step % config.metrics.log_freq == 0 or step == config.training.steps:
-            losses[step] = step_loss.item()  # the only host sync of a step, and only on logging steps
-            if not math.isfinite(losses[step]):
-                raise RuntimeError(f"loss is {losses[step]} at step {step}")
-            values = {"loss": losses[step], "grad_norm": grad_norm.item(), "lr": lr, **throughput.report(),
+        loss, grad_norm = train_step(model, optimizer, scheduler, loader, accumulation, autocast, max_norm)
+        throughput.tokens += accumulation * t.micro_batch_size * t.seq_len
+        if step == 1 or step % config.metrics.log_freq == 0 or step == t.steps:
+            # .item() waits for the device: the only host sync of a step, and only on logging steps.
+            values = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr, **throughput.report(),
                       "memory_gib": memory_gib(device)}
+            if not math.isfinite(values["loss"]):
+                raise RuntimeError(f"loss is {values['loss']} at step {step}")
             logger.log(step, values)
+            records.append({"step": step, **values})
             throughput.reset()
     logger.close()
-    elapsed = time.perf_counter() - start
-    print(f"done: {config.training.steps} steps in {elapsed:.0f}s; loss {losses[1]:.3f} at step 1, "
-          f"{losses[step]:.3f} at step {step}; run folder {run_dir}", flush=True)
-    return losses
+    print(f"done: {t.steps} steps in {time.perf_counter() - start:.0f}s; loss {records[0]['loss']:.3f} at step 1, "
+          f"{records[-1]['loss']:.3f} at step {t.steps}; run folder {run_dir}", flush=True)
+    return records
 
 
 def main(argv: list[str]) -> int:

@@ -52,10 +52,20 @@ class SampleStream:
         return self._read(window * self.seq_len, self.seq_len + 1)
 
 
+class SyntheticStream:
+    """Uniform random tokens, for throughput benchmarks: sample i depends only on (seed, i)."""
+
+    def __init__(self, vocab_size: int, seq_len: int, seed: int):
+        self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
+
+    def sample(self, index: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, index]).integers(0, self.vocab_size, self.seq_len + 1)
+
+
 class DataLoader:
     """Micro-batches of (inputs, labels), each [micro_batch_size, seq_len] int64, for one rank."""
 
-    def __init__(self, stream: SampleStream, micro_batch_size: int, rank: int = 0, world_size: int = 1,
+    def __init__(self, stream: SampleStream | SyntheticStream, micro_batch_size: int, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu"):
         self.stream, self.micro_batch_size = stream, micro_batch_size
         self.rank, self.world_size = rank, world_size

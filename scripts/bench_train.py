@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Training throughput of tinytitan: tokens/s per device, MFU, step time and peak memory.
+
+Each variant is a set of config overrides run through the real training loop (`train()`) on
+synthetic tokens; the first --warmup steps (compilation, allocator growth) are left out of the
+averages. FLOPs per token = 6N + 12*L*d*T (N without the input embedding), MFU against the dense
+bf16 peak of `tinytitan.metrics.PEAK_BF16_FLOPS`; no MFU on CPU or an unknown GPU.
+
+    python scripts/bench_train.py                       # tinyllama_1b on CUDA, debug on CPU
+    python scripts/bench_train.py --flavor debug --steps 5 --variant "mbs 4=--training.micro_batch_size=4"
+"""
+
+import argparse
+import contextlib
+import datetime
+import gc
+import io
+import json
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tinytitan.config import load_config
+from tinytitan.errors import UserError, run_entry_point
+from tinytitan.metrics import PEAK_BF16_FLOPS, flops_per_token, peak_flops_of
+from tinytitan.models.llama import FLAVORS, Transformer, count_parameters
+from tinytitan.train import train
+
+GPU_VARIANTS = [
+    "eager, mbs 4=--training.micro_batch_size=4",
+    "compile, mbs 4=--compile.enable --training.micro_batch_size=4",
+    "compile, mbs 8=--compile.enable --training.micro_batch_size=8",
+]
+CPU_VARIANTS = ["eager, mbs 4=--training.micro_batch_size=4"]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flavor", choices=sorted(FLAVORS), help="default: tinyllama_1b on CUDA, debug on CPU")
+    parser.add_argument("--seq-len", type=int, help="default: the flavor's max_seq_len (256 for debug)")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps per variant")
+    parser.add_argument("--warmup", type=int, default=5, help="steps before measuring")
+    parser.add_argument("--variant", action="append", metavar="NAME=OVERRIDES",
+                        help="a named set of space-separated --section.key=value overrides; repeatable")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--markdown", type=Path, help="write the table here")
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    args.flavor = args.flavor or ("tinyllama_1b" if cuda else "debug")
+    args.seq_len = args.seq_len or (FLAVORS[args.flavor].max_seq_len if args.flavor != "debug" else 256)
+    args.variant = args.variant or (GPU_VARIANTS if cuda else CPU_VARIANTS)
+    return args
+
+
+def run_variant(spec: str, args, log) -> dict:
+    name, _, overrides = spec.partition("=")
+    with tempfile.TemporaryDirectory() as folder:
+        config = load_config([
+            f"--model.flavor={args.flavor}", "--data.dataset=synthetic", f"--training.seq_len={args.seq_len}",
+            f"--training.steps={args.warmup + args.steps}", "--metrics.log_freq=1", "--metrics.enable_tensorboard=false",
+            "--lr_scheduler.warmup_steps=2", f"--job.dump_folder={folder}", f"--job.name=bench",
+            *overrides.split()])
+        micro_batch = config.training.micro_batch_size
+        config.training.global_batch_tokens = micro_batch * args.seq_len  # one micro-step per step
+        result = {"name": name, "overrides": overrides, "micro_batch_size": micro_batch}
+        try:
+            with contextlib.redirect_stdout(log):
+                records = train(config)
+        except torch.OutOfMemoryError:
+            return {**result, "error": "out of memory"}
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    measured = records[args.warmup:]
+    tokens_per_second = statistics.mean(r["tokens_per_second"] for r in measured)
+    result.update(
+        tokens_per_second=tokens_per_second,
+        step_time_s=micro_batch * args.seq_len / tokens_per_second,
+        peak_memory_gib=max(r["memory_gib"] for r in measured),
+        loss_first=records[0]["loss"], loss_last=records[-1]["loss"])
+    if "mfu_percent" in measured[0]:
+        result["mfu_percent"] = statistics.mean(r["mfu_percent"] for r in measured)
+    return result
+
+
+def environment() -> dict:
+    cuda = torch.cuda.is_available()
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, "
+                                                            f"{torch.get_num_threads()} threads)",
+        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "triton": triton_version,
+    }
+
+
+def markdown_table(report: dict) -> str:
+    lines = [f"Training throughput, {report['flavor']} at seq {report['seq_len']}, {report['environment']['device']}, "
+             f"torch {report['environment']['torch']}, {report['environment']['date']}",
+             "", "| variant | micro-batch | tokens/s/device | MFU | step time | peak memory |",
+             "|---|---|---|---|---|---|"]
+    for v in report["variants"]:
+        if "error" in v:
+            lines.append(f"| {v['name']} | {v['micro_batch_size']} | {v['error']} | | | |")
+            continue
+        mfu = f"{v['mfu_percent']:.1f}%" if "mfu_percent" in v else "n/a"
+        lines.append(f"| {v['name']} | {v['micro_batch_size']} | {v['tokens_per_second']:,.0f} | {mfu} | "
+                     f"{v['step_time_s'] * 1000:.0f} ms | {v['peak_memory_gib']:.1f} GiB |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        raise UserError(f"--steps={args.steps} --warmup={args.warmup}: expected at least 1 measured step")
+    model_args = FLAVORS[args.flavor]
+    with torch.device("meta"):
+        n_without_embedding = count_parameters(Transformer(model_args), exclude_embedding=True)
+    env = environment()
+    report = {
+        "environment": env, "flavor": args.flavor, "seq_len": args.seq_len, "warmup_steps": args.warmup,
+        "measured_steps": args.steps,
+        "flops_per_token": flops_per_token(model_args, n_without_embedding, args.seq_len),
+        "flop_formula": "6*N + 12*L*d*T, N without the input embedding",
+        "peak_bf16_flops": peak_flops_of(env["device"]) if torch.cuda.is_available() else None,
+        "peak_table": dict(PEAK_BF16_FLOPS), "variants": [],
+    }
+    log = io.StringIO()
+    for spec in args.variant:
+        print(f"bench_train: {spec.partition('=')[0]} ...", file=sys.stderr, flush=True)
+        report["variants"].append(run_variant(spec, args, log))
+    table = markdown_table(report)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    run_entry_point(main)

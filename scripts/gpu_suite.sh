@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The one-shot GPU suite: for a machine with one NVIDIA GPU and no network, in under 8 minutes.
+#   scripts/gpu_suite.sh [OUT_DIR]     (default: $OUT when set, else outputs/gpu_suite)
+# 1. reports what is installed (and which pure-Python packages are missing),
+# 2. runs the whole test suite on CUDA (the GPU-marked tests included),
+# 3. trains tinyllama_1b (bf16, seq 2048) on synthetic tokens for a few variants,
+# then prints a Markdown summary and writes summary.md, environment.txt, pytest.log and
+# bench_train.json (device name, versions, date) into OUT_DIR.
+# Wheels of missing pure-Python packages may be carried in .whl/ (see the device notes); they are
+# installed into /tmp/tinytitan-site first. Without CUDA it dry-runs on the debug model.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT_DIR=${1:-${OUT:-outputs/gpu_suite}}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/tinytitan-site .whl/*.whl && export PYTHONPATH=/tmp/tinytitan-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+# 1. What is installed.
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: none"
+  "$PYTHON" - <<'EOF'
+import importlib.metadata as metadata, platform
+import torch
+print(f"python {platform.python_version()}; torch {torch.__version__}; cuda {torch.version.cuda}; "
+      f"gpu {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+for name in ("triton", "numpy", "sentencepiece", "tensorboard", "torchdata", "transformers", "safetensors", "pytest", "flash-attn"):
+    try:
+        print(f"{name} {metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+        print(f"{name} MISSING")
+EOF
+} 2>&1 | tee "$OUT_DIR/environment.txt"
+
+# The project itself, installed in place so that tinytitan.kernels maps to kernels/.
+if ! "$PYTHON" -c "import tinytitan.kernels" 2>/dev/null; then
+  "$PYTHON" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/install.log" 2>&1 \
+    || { echo "gpu_suite: installing tinytitan failed, see $OUT_DIR/install.log"; tail -5 "$OUT_DIR/install.log"; }
+fi
+
+# 2. The tests, on CUDA.
+echo "== tests"
+timeout 180 "$PYTHON" -m pytest -q -p no:cacheprovider -ra test >"$OUT_DIR/pytest.log" 2>&1
+tests_status=$?
+tail -15 "$OUT_DIR/pytest.log"
+
+# 3. Training throughput.
+echo "== training throughput"
+if "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  bench_args=(--flavor tinyllama_1b --seq-len 2048 --warmup 5 --steps 15)
+else
+  bench_args=(--flavor debug --warmup 1 --steps 3)  # dry run on CPU
+fi
+timeout 300 "$PYTHON" scripts/bench_train.py "${bench_args[@]}" \
+  --json "$OUT_DIR/bench_train.json" --markdown "$OUT_DIR/bench_train.md" 2>"$OUT_DIR/bench_train.log"
+bench_status=$?
+[ $bench_status -ne 0 ] && tail -20 "$OUT_DIR/bench_train.log"
+
+{
+  echo "# GPU suite"
+  echo
+  echo '```'
+  cat "$OUT_DIR/environment.txt"
+  echo '```'
+  echo
+  echo "Tests (exit $tests_status): $(tail -1 "$OUT_DIR/pytest.log")"
+  echo
+  cat "$OUT_DIR/bench_train.md" 2>/dev/null || echo "bench_train failed (exit $bench_status)"
+} >"$OUT_DIR/summary.md"
+echo "== summary"
+cat "$OUT_DIR/summary.md"
+[ $tests_status -eq 0 ] && [ $bench_status -eq 0 ]

@@ -1,0 +1,58 @@
+"""CUDA checks, skipped without a GPU; scripts/gpu_suite.sh runs them on a GPU machine."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from tinytitan.config import load_config
+from tinytitan.models.llama import FLAVORS, ModelArgs, build_model
+from tinytitan.train import train
+
+pytestmark = pytest.mark.gpu
+
+
+def test_float32_logits_on_cuda_match_cpu():
+    args = ModelArgs(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=999, ffn_hidden_dim=344, max_seq_len=256)
+    torch.manual_seed(0)
+    cpu_model = build_model(args, "cpu")
+    cuda_model = build_model(args, "cuda")
+    cuda_model.load_state_dict(cpu_model.state_dict())
+    tokens = torch.randint(0, args.vocab_size, (3, 200))
+    with torch.no_grad():
+        difference = (cuda_model(tokens.cuda()).cpu() - cpu_model(tokens)).abs().max().item()
+    assert difference < 1e-4
+
+
+def test_attention_runs_on_the_flash_backend_with_grouped_heads():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    model = build_model(FLAVORS["debug"], "cuda")
+    tokens = torch.randint(0, 4096, (2, 512), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = model(tokens, tokens).float()
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # raises if flash cannot take these inputs
+            flash = model(tokens, tokens).float()
+    assert abs(flash.item() - expected.item()) < 1e-2
+
+
+def test_tinyllama_starts_near_the_uniform_loss_in_bf16():
+    torch.manual_seed(0)
+    model = build_model(FLAVORS["tinyllama_1b"], "cuda")
+    tokens = torch.randint(0, 32000, (1, 2048), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(tokens[:, :-1], tokens[:, 1:])
+    loss.backward()
+    assert abs(loss.item() - math.log(32000)) < 0.5
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bf16_compiled_debug_training_on_cuda(tmp_path, corpus_cache):
+    records = train(load_config([
+        f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}", f"--job.dump_folder={tmp_path}",
+        f"--data.cache_dir={corpus_cache}", "--training.steps=30", "--metrics.log_freq=10", "--compile.enable",
+        "--lr_scheduler.warmup_steps=5"]))
+    assert records[-1]["loss"] < records[0]["loss"] - 2.0
+    assert all(math.isfinite(r["grad_norm"]) for r in records)
