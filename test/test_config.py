@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from conftest import run_python
-from tinytitan.config import ConfigError, JobConfig, help_text, load_config, to_toml
+from tinytitan.config import ConfigError, DataSource, JobConfig, _type_name, help_text, load_config, to_toml
 
 
 def write(tmp_path, text: str):
@@ -27,9 +27,18 @@ def test_command_line_overrides_the_file_and_later_flags_win(tmp_path):
     assert config.optimizer.beta2 == 0.5
 
 
+def test_data_sources_come_from_tables_or_an_inline_array(tmp_path):
+    path = write(tmp_path, "[data]\ndataset = \"sources\"\n[[data.sources]]\nname = \"slim\"\npath = \"/d/s\"\nweight = 7\n"
+                           "[[data.sources]]\nname = \"star\"\npath = \"/d/c\"\nweight = 0.3\n")
+    assert load_config([f"--job.config_file={path}"]).data.sources == [DataSource("slim", "/d/s", 7.0), DataSource("star", "/d/c", 0.3)]
+    inline = load_config([f"--job.config_file={path}", "--data.sources=[{name=\"x\", path=\"/x\"}]"])
+    assert inline.data.sources == [DataSource("x", "/x", 1.0)]  # replaces the file's list; default weight
+
+
 def test_saved_config_loads_back_to_the_same_config(tmp_path):
     config = load_config(["--training.steps=3", "--job.name=a \"quoted\" name", "--metrics.enable_tensorboard=false",
-                          "--optimizer.lr=0.00123", "--lr_scheduler.min_lr=1e-5"])
+                          "--optimizer.lr=0.00123", "--lr_scheduler.min_lr=1e-5", "--data.dataset=sources",
+                          "--data.sources=[{name=\"a\", path=\"/p q\", weight=2}, {name=\"b\", path=\"/r\"}]"])
     path = write(tmp_path, to_toml(config))
     reloaded = load_config([f"--job.config_file={path}"])
     assert dataclasses.replace(reloaded, job=dataclasses.replace(reloaded.job, config_file="")) == config
@@ -55,7 +64,13 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
         ("", ["--training.seq_len=4096"], ["training.seq_len = 4096", "at most 1024", "'debug'"]),
         ("", ["--lr_scheduler.min_lr=1", "--optimizer.lr=0.1"], ["lr_scheduler.min_lr = 1.0", "at most optimizer.lr"]),
         ("", ["training.steps=3"], ["argument 'training.steps=3'", "--section.key=value"]),
-        ("", ["--data.dataset=shards"], ["data.path", "folder of token shards"]),
+        ("", ["--data.dataset=sources"], ["data.sources is empty", "[[data.sources]]"]),
+        ("[[data.sources]]\nname = \"a\"\npat = \"/x\"\n", [], ["job.toml", "unknown key 'data.sources[0].pat'"]),
+        ("[[data.sources]]\nname = \"a\"\npath = \"/x\"\nweight = 0\n", [], ["data.sources[0].weight = 0", "> 0.0"]),
+        ("", ["--data.sources=[1, 2]"], ["data.sources: expected an array of tables with the keys name"]),
+        ("", ["--data.dataset=sources", "--data.sources=[{name=\"a\", path=\"/x\"}, {name=\"a\", path=\"/y\"}]"],
+         ["data.sources[1].name = \"a\"", "unique"]),
+        ("", ["--data.dataset=sources", "--data.sources=[{name=\"a\"}]"], ["data.sources[0]", "expected both to be set"]),
     ],
 )
 def test_bad_config_names_source_key_value_and_expectation(tmp_path, toml, flags, expected):
@@ -91,5 +106,5 @@ def test_help_lists_every_key_with_type_default_and_doc():
         for key in dataclasses.fields(getattr(config, section.name)):
             lines = [line for line in result.stdout.splitlines() if f"--{section.name}.{key.name} " in line]
             assert len(lines) == 1, f"{section.name}.{key.name} missing from --help"
-            assert f"({key.type.__name__}, default " in lines[0]
+            assert f"({_type_name(key)}, default " in lines[0]
             assert key.metadata["doc"] in lines[0]

@@ -65,11 +65,17 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cach
     assert whole[4] != whole[1]
 
 
-def test_training_reads_a_folder_of_shards(tmp_path, builtin_corpus):
-    records = train(debug_config(tmp_path, "unused", "--training.steps=2", "--training.global_batch_tokens=512",
-                                "--data.dataset=shards", f"--data.path={builtin_corpus.folder}",
-                                f"--data.tokenizer_path={builtin_corpus.tokenizer_path}"))
-    assert [record["step"] for record in records] == [1, 2]
+def test_training_mixes_prepared_sources_and_validates_each(tmp_path, builtin_corpus):
+    sources = ", ".join(f'{{name="{name}", path="{path}", weight={w}}}' for (name, path), w in
+                        zip(builtin_corpus.sources.items(), (3, 1)))
+    records = train(debug_config(tmp_path, "unused", "--training.steps=4", "--training.global_batch_tokens=512",
+                                 "--data.dataset=sources", f"--data.sources=[{sources}]", "--validation.eval_freq=2",
+                                 "--validation.eval_steps=2", f"--data.tokenizer_path={builtin_corpus.tokenizer_path}"))
+    assert [record["step"] for record in records] == [1, 2, 3, 4]
+    for step in (2, 4):
+        assert {"val/prose/loss", "val/code/loss", "val/prose/perplexity"} <= set(records[step - 1])
+    assert records[3]["val/prose/loss"] < records[1]["val/prose/loss"]  # it learns
+    assert "val/prose/loss" not in records[0]
 
 
 def test_synthetic_tokens_need_no_tokenizer_and_cover_the_vocabulary(tmp_path):
@@ -80,16 +86,19 @@ def test_synthetic_tokens_need_no_tokenizer_and_cover_the_vocabulary(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["--training.global_batch_tokens=1000"], "expected a multiple of micro_batch_size x seq_len x ranks = 8 x 64 x 1 = 512"),
-    (["--data.dataset=shards", "--data.path=EMPTY", "--data.tokenizer_path=TOK"], "found none"),
-    (["--data.dataset=shards", "--data.path=EMPTY"], "data.tokenizer_path"),
+    (["--data.dataset=sources", "--data.sources=[{name=\"x\", path=\"EMPTY\"}]"], "manifest.json: no such file"),
+    (["--data.dataset=sources", "--data.sources=[{name=\"x\", path=\"PROSE\"}]", f"--data.tokenizer_path={LLAMA2_TOKENIZER}"],
+     "tokenized with sha256"),
 ])
 def test_bad_setups_are_user_errors(tmp_path, corpus_cache, builtin_corpus, overrides, message):
-    overrides = [o.replace("EMPTY", str(tmp_path)).replace("TOK", str(builtin_corpus.tokenizer_path)) for o in overrides]
+    if not LLAMA2_TOKENIZER.is_file() and any(str(LLAMA2_TOKENIZER) in o for o in overrides):
+        pytest.skip("needs a second tokenizer: the Llama 2 one")
+    overrides = [o.replace("EMPTY", str(tmp_path)).replace("PROSE", str(builtin_corpus.sources["prose"])) for o in overrides]
     with pytest.raises(UserError, match=message):
         train(debug_config(tmp_path, corpus_cache, "--training.steps=1", *overrides))
 
 
 @pytest.mark.skipif(not LLAMA2_TOKENIZER.is_file(), reason="the Llama 2 tokenizer is not beside the checkout")
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
-    with pytest.raises(UserError, match="32000 pieces: expected at most the vocab_size 4096 of flavor 'debug'"):
+    with pytest.raises(UserError, match="tokenizer of 32000 pieces: expected at most the model's vocab_size 4096"):
         train(debug_config(tmp_path, tmp_path / "cache", "--training.steps=1", f"--data.tokenizer_path={LLAMA2_TOKENIZER}"))

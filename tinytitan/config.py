@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import sys
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ class ConfigError(UserError):
 def option(default, doc: str, *, choices=None, min=None, above=None, max=None, below=None):
     """A config key: its default, a one-line doc, and the values it accepts."""
     limits = {"choices": choices, "min": min, "above": above, "max": max, "below": below}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, **limits})
     return field(default=default, metadata={"doc": doc, **limits})
 
 
@@ -76,12 +79,27 @@ class LRScheduler:
 
 
 @dataclass
+class DataSource:
+    name: str = option("", "name of the source in logs (val/<name>/loss)")
+    path: str = option("", "folder prepared by scripts/prepare_data.py (it holds manifest.json)")
+    weight: float = option(1.0, "share of the samples drawn from this source (weights are normalised)", above=0.0)
+
+
+@dataclass
 class Data:
-    dataset: str = option("builtin", "builtin: Python's docs and sources, 7:3 prose:code; shards: data.path; "
-                          "synthetic: uniform random tokens (benchmarks)", choices=("builtin", "shards", "synthetic"))
-    path: str = option("", "folder of token shards (*.bin) when dataset = 'shards'")
-    tokenizer_path: str = option("", "sentencepiece tokenizer.model; empty with 'builtin' trains one on the corpus")
+    dataset: str = option("builtin", "builtin: Python's docs and sources, 7:3 prose:code; sources: data.sources; "
+                          "synthetic: uniform random tokens (benchmarks)", choices=("builtin", "sources", "synthetic"))
+    sources: list[DataSource] = option([], "prepared data sources mixed by weight when dataset = 'sources'")
+    tokenizer_path: str = option("", "sentencepiece tokenizer.model the sources were prepared with; with 'builtin', "
+                                 "empty trains one on the corpus")
     cache_dir: str = option("~/.cache/tinytitan", "where the built-in corpus is prepared once and reused")
+    num_workers: int = option(2, "loader worker processes per rank (0: load in the training process)", min=0)
+
+
+@dataclass
+class Validation:
+    eval_freq: int = option(0, "evaluate on each source's validation split every this many steps (0: never)", min=0)
+    eval_steps: int = option(10, "micro-batches per rank in one evaluation of each source", min=1)
 
 
 @dataclass
@@ -103,11 +121,22 @@ class JobConfig:
     optimizer: Optimizer = field(default_factory=Optimizer)
     lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
     data: Data = field(default_factory=Data)
+    validation: Validation = field(default_factory=Validation)
     metrics: Metrics = field(default_factory=Metrics)
     compile: Compile = field(default_factory=Compile)
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _table_type(f: dataclasses.Field):
+    """The dataclass of the tables of a `list[SomeDataclass]` key, else None."""
+    return typing.get_args(f.type)[0] if typing.get_origin(f.type) is list else None
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    table = _table_type(f)
+    return f"list[{table.__name__}]" if table else f.type.__name__
 
 
 def _sections(config: JobConfig) -> dict[str, Any]:
@@ -127,6 +156,10 @@ def _key_field(config: JobConfig, key: str, source: str) -> tuple[Any, dataclass
 
 
 def _expected(f: dataclasses.Field) -> str:
+    table = _table_type(f)
+    if table:
+        keys = ", ".join(f"{g.name} ({_expected(g)})" for g in dataclasses.fields(table))
+        return f"an array of tables with the keys {keys}"
     meta, words = f.metadata, [_TYPE_NAMES[f.type]]
     if meta["choices"]:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
@@ -173,12 +206,40 @@ def _from_text(text: str, f: dataclasses.Field):
         return None
 
 
-def _apply(config: JobConfig, key: str, raw, source: str, parse) -> None:
-    section, f = _key_field(config, key, source)
+def _convert(raw, f: dataclasses.Field, key: str, source: str, parse):
+    """`raw` (TOML value or command-line text) as the value of key `f`, checked; else a ConfigError."""
+    if _table_type(f):
+        return _convert_tables(raw, f, key, source)
     value = parse(raw, f)
     if value is None or not _check_range(value, f):
         raise ConfigError(f"{source}: {key} = {_toml_value(raw)}: expected {_expected(f)}")
-    setattr(section, f.name, value)
+    return value
+
+
+def _convert_tables(raw, f: dataclasses.Field, key: str, source: str) -> list:
+    """[[section.key]] tables from TOML, or an inline TOML array of tables on the command line."""
+    if isinstance(raw, str):
+        try:
+            raw = tomllib.loads(f"value = {raw}")["value"]
+        except tomllib.TOMLDecodeError:
+            raw = None
+    if not isinstance(raw, list) or not all(isinstance(table, dict) for table in raw):
+        raise ConfigError(f"{source}: {key}: expected {_expected(f)}")
+    table_type, items = _table_type(f), []
+    for index, table in enumerate(raw):
+        fields, item = {g.name: g for g in dataclasses.fields(table_type)}, table_type()
+        for name, value in table.items():
+            item_key = f"{key}[{index}].{name}"
+            if name not in fields:
+                raise ConfigError(f"{source}: unknown key {item_key!r}: expected one of {', '.join(fields)}")
+            setattr(item, name, _convert(value, fields[name], item_key, source, _from_toml))
+        items.append(item)
+    return items
+
+
+def _apply(config: JobConfig, key: str, raw, source: str, parse) -> None:
+    section, f = _key_field(config, key, source)
+    setattr(section, f.name, _convert(raw, f, key, source, parse))
 
 
 def _read_toml(path: str) -> dict:
@@ -246,8 +307,21 @@ def _check_consistency(config: JobConfig) -> None:
             f"the max_seq_len of flavor {config.model.flavor!r}")
     if config.lr_scheduler.min_lr > config.optimizer.lr:
         raise ConfigError(f"lr_scheduler.min_lr = {config.lr_scheduler.min_lr}: expected at most optimizer.lr = {config.optimizer.lr}")
-    if config.data.dataset == "shards" and not config.data.path:
-        raise ConfigError("data.path = \"\": expected a folder of token shards when data.dataset = 'shards'")
+    _check_sources(config.data)
+
+
+def _check_sources(data: "Data") -> None:
+    if data.dataset != "sources":
+        return
+    if not data.sources:
+        raise ConfigError("data.sources is empty: expected at least one [[data.sources]] table when data.dataset = 'sources'")
+    names = [source.name for source in data.sources]
+    for index, source in enumerate(data.sources):
+        if not source.name or not source.path:
+            raise ConfigError(f"data.sources[{index}]: name = {_toml_value(source.name)}, path = {_toml_value(source.path)}: "
+                              "expected both to be set")
+        if source.name in names[:index]:
+            raise ConfigError(f"data.sources[{index}].name = {_toml_value(source.name)}: expected names to be unique")
 
 
 def _toml_value(value) -> str:
@@ -263,8 +337,14 @@ def to_toml(config: JobConfig) -> str:
     lines = []
     for section_name, section in _sections(config).items():
         lines.append(f"[{section_name}]")
-        lines.extend(f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in dataclasses.fields(section))
+        scalars = [f for f in dataclasses.fields(section) if not _table_type(f)]
+        lines.extend(f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in scalars)
         lines.append("")
+        for f in dataclasses.fields(section):  # arrays of tables come after the section's own keys
+            for item in getattr(section, f.name) if _table_type(f) else []:
+                lines.append(f"[[{section_name}.{f.name}]]")
+                lines.extend(f"{g.name} = {_toml_value(getattr(item, g.name))}" for g in dataclasses.fields(item))
+                lines.append("")
     return "\n".join(lines)
 
 
@@ -277,10 +357,11 @@ def help_text() -> str:
     for section_name, section in _sections(JobConfig()).items():
         lines.append(f"\n[{section_name}]")
         for f in dataclasses.fields(section):
-            default = _toml_value(getattr(section, f.name))
+            default = getattr(section, f.name)
+            default = "[]" if _table_type(f) else _toml_value(default)
             expected = _expected(f)
-            accepts = "" if expected == _TYPE_NAMES[f.type] else f"; expected {expected}"
-            lines.append(f"  --{section_name}.{f.name} ({f.type.__name__}, default {default}): {f.metadata['doc']}{accepts}")
+            accepts = "" if expected == _TYPE_NAMES.get(f.type) else f"; expected {expected}"
+            lines.append(f"  --{section_name}.{f.name} ({_type_name(f)}, default {default}): {f.metadata['doc']}{accepts}")
     return "\n".join(lines)
 
 

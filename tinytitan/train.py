@@ -14,7 +14,9 @@ import torch
 
 from tinytitan.config import JobConfig, help_text, load_config, to_toml, wants_help
 from tinytitan.data.builtin_corpus import prepare_builtin_corpus
-from tinytitan.data.loader import DataLoader, SampleStream, SyntheticStream
+from tinytitan.data.loader import DataLoader
+from tinytitan.data.sources import Source, check_sources, training_stream, validation_streams
+from tinytitan.data.streams import SampleStream, Stream, SyntheticStream
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError, run_entry_point
 from tinytitan.metrics import MetricsLogger, flops_per_token, memory_gib, peak_flops
@@ -36,31 +38,26 @@ def check_single_process() -> None:
         raise UserError(f"WORLD_SIZE={world_size}: this version trains in one process; run with NGPU=1")
 
 
-def tokenizer_and_shards(config: JobConfig) -> tuple[Tokenizer, list[Path]]:
+def resolve_sources(config: JobConfig) -> tuple[list[Source], Tokenizer | None]:
+    """The data sources to mix, and the tokenizer they must have been made with (if one is named)."""
     data = config.data
     if data.dataset == "builtin":
         corpus = prepare_builtin_corpus(data.cache_dir, data.tokenizer_path or None)
-        return Tokenizer(corpus.tokenizer_path), [path for paths in corpus.shards.values() for path in paths]
-    if not data.tokenizer_path:
-        raise UserError("data.tokenizer_path = \"\": expected the tokenizer.model the shards were made with")
-    folder = Path(data.path).expanduser()
-    shards = sorted(folder.glob("**/*.bin"))
-    if not shards:
-        raise UserError(f"data.path = {str(folder)!r}: expected a folder holding token shards (*.bin), found none")
-    return Tokenizer(data.tokenizer_path), shards
+        sources = [Source(name, path, corpus.weights[name]) for name, path in corpus.sources.items()]
+        return sources, Tokenizer(corpus.tokenizer_path)
+    sources = [Source(s.name, Path(s.path).expanduser(), s.weight) for s in data.sources]
+    return sources, Tokenizer(data.tokenizer_path) if data.tokenizer_path else None
 
 
-def build_sample_stream(config: JobConfig, args: ModelArgs) -> tuple[SampleStream | SyntheticStream, str]:
-    """The global sample stream, and a few words saying what it holds."""
+def build_streams(config: JobConfig, args: ModelArgs) -> tuple[Stream, dict[str, SampleStream], str]:
+    """The global training stream, the validation stream of each source, and a few words on them."""
     seq_len, seed = config.training.seq_len, config.training.seed
     if config.data.dataset == "synthetic":
-        return SyntheticStream(args.vocab_size, seq_len, seed), f"synthetic tokens over {args.vocab_size} ids"
-    tokenizer, shards = tokenizer_and_shards(config)
-    if tokenizer.vocab_size > args.vocab_size:
-        raise UserError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces: expected at most the "
-                        f"vocab_size {args.vocab_size} of flavor {config.model.flavor!r}")
-    stream = SampleStream(shards, seq_len, seed)
-    return stream, f"{stream.total_tokens:,} tokens in {len(shards)} shards"
+        return SyntheticStream(args.vocab_size, seq_len, seed=(seed,)), {}, f"synthetic tokens over {args.vocab_size} ids"
+    sources, tokenizer = resolve_sources(config)
+    check_sources(sources, args.vocab_size, tokenizer)
+    mix = ", ".join(f"{s.name} {s.weight / sum(x.weight for x in sources):.1%}" for s in sources)
+    return training_stream(sources, seq_len, seed), validation_streams(sources, seq_len), f"sources {mix}"
 
 
 def gradient_accumulation_steps(config: JobConfig, world_size: int) -> int:
@@ -98,6 +95,25 @@ def build_training_model(args: ModelArgs, config: JobConfig, device: torch.devic
         for block in model.layers.values():
             block.compile(fullgraph=True)  # in place: parameter names stay unchanged
     return model
+
+
+@torch.no_grad()
+def evaluate(model, streams: dict[str, SampleStream], config: JobConfig, device, autocast) -> dict[str, float]:
+    """Mean loss (and perplexity) of eval_steps micro-batches of each source's validation split."""
+    model.eval()
+    values = {}
+    for name, stream in streams.items():
+        loader = DataLoader(stream, config.training.micro_batch_size, num_workers=config.data.num_workers, device=device)
+        total = torch.zeros((), device=device)
+        for _ in range(config.validation.eval_steps):
+            inputs, labels = next(loader)
+            with autocast:
+                total += model(inputs, labels).float()
+        loss = total.item() / config.validation.eval_steps
+        values[f"val/{name}/loss"] = loss
+        values[f"val/{name}/perplexity"] = math.exp(min(loss, 50.0))
+    model.train()
+    return values
 
 
 def train_step(model, optimizer, scheduler, loader, accumulation: int, autocast, max_norm: float):
@@ -143,12 +159,12 @@ def train(config: JobConfig) -> list[dict[str, float]]:
     device = select_device(config.training.device)
     run_dir = start_run_folder(config)
     args = FLAVORS[config.model.flavor]
-    stream, data_summary = build_sample_stream(config, args)
+    stream, validation, data_summary = build_streams(config, args)
     accumulation = gradient_accumulation_steps(config, world_size=1)
     model = build_training_model(args, config, device)
     optimizer = build_optimizer(model, config.optimizer, device)
     scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.training.steps)
-    loader = DataLoader(stream, config.training.micro_batch_size, device=device)
+    loader = DataLoader(stream, config.training.micro_batch_size, num_workers=config.data.num_workers, device=device)
     logger = MetricsLogger(run_dir / "tb" if config.metrics.enable_tensorboard else None)
     t = config.training
     throughput = Throughput(flops_per_token(args, count_parameters(model, exclude_embedding=True), t.seq_len), peak_flops(device))
@@ -170,6 +186,15 @@ def train(config: JobConfig) -> list[dict[str, float]]:
             logger.log(step, values)
             records.append({"step": step, **values})
             throughput.reset()
+        if validation and config.validation.eval_freq and step % config.validation.eval_freq == 0:
+            values = evaluate(model, validation, config, device, autocast)
+            logger.log(step, values)
+            if records and records[-1]["step"] == step:
+                records[-1].update(values)
+            else:
+                records.append({"step": step, **values})
+            throughput.reset()  # evaluation time is not training throughput
+    loader.close()
     logger.close()
     print(f"done: {t.steps} steps in {time.perf_counter() - start:.0f}s; loss {records[0]['loss']:.3f} at step 1, "
           f"{records[-1]['loss']:.3f} at step {t.steps}; run folder {run_dir}", flush=True)

@@ -1,11 +1,12 @@
 """The built-in corpus: real text that ships with Python, so the debug run needs no download.
 
 Prose is Python's bundled documentation (`pydoc_data.topics`), code is the standard library's own
-sources, mixed 7:3 by tokens like SlimPajama:StarCoderData. First use trains a small sentencepiece
-BPE tokenizer on it (unless one is given), tokenizes every document as <s> tokens </s>, and writes
-token shards, one folder per source, into the cache. A manifest written last marks the folder
-complete; later runs load it. The folder is assembled under a temporary name and renamed, so an
-interrupted build leaves nothing that looks finished.
+sources, mixed 7:3 by tokens like SlimPajama:StarCoderData (and sampled 7:3 by weight). First use
+trains a small sentencepiece BPE tokenizer on it (unless one is given), tokenizes every document as
+<s> tokens </s>, and writes two prepared source folders, `prose/` and `code/`, in the same format
+as scripts/prepare_data.py (shards and a manifest, with a train and a validation split). The whole
+folder is assembled under a temporary name and renamed, and `corpus.json` inside it marks it
+complete, so an interrupted build leaves nothing that looks finished; later runs reuse it.
 """
 
 import io
@@ -20,13 +21,15 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from tinytitan.data.manifest import write_manifest
 from tinytitan.data.shards import ShardWriter
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.progress import Progress
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 BUILTIN_VOCAB_SIZE = 4096
-CODE_SHARE = 0.3  # of all tokens: prose:code = 7:3
+WEIGHTS = {"prose": 0.7, "code": 0.3}  # the mix, by tokens in the corpus and by samples in training
+VALIDATION_EVERY = 10  # every 10th prose document is held out for validation
 # Standard-library folders that hold tests, generated tables or data rather than typical code.
 _SKIPPED_FOLDERS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "ensurepip", "turtledemo",
                     "pydoc_data", "encodings", "__pycache__", "__phello__"}
@@ -37,8 +40,8 @@ _MAX_CODE_FILE_BYTES = 200_000
 class BuiltinCorpus:
     folder: Path
     tokenizer_path: Path
-    shards: dict[str, list[Path]]  # source name -> its shard files
-    manifest: dict
+    sources: dict[str, Path]  # source name -> its prepared folder (shards and manifest.json)
+    weights: dict[str, float]
 
 
 def prose_documents() -> list[str]:
@@ -79,23 +82,33 @@ def _train_tokenizer(documents: list[str], model_path: Path) -> None:
     model_path.write_bytes(model.getvalue())
 
 
-def _write_source(name: str, documents: list[str], tokenizer: Tokenizer, folder: Path, token_budget: int | None) -> dict:
-    """Tokenize documents into <folder>/<name>/: all of them, or those that fit in `token_budget`."""
-    writer = ShardWriter(folder / name, "train", tokenizer.vocab_size)
+def _encode_within(name: str, documents: list[str], tokenizer: Tokenizer, budget: int | None) -> tuple[list[list[int]], list[str]]:
+    """<s> tokens </s> of the documents that fit in `budget` tokens (all when None), and the rest."""
     progress = Progress(f"built-in corpus: tokenizing {name}", total=len(documents), unit="documents read")
-    tokens = documents_written = 0
+    kept, rest, tokens = [], [], 0
     for document in documents:
         ids = tokenizer.encode(document, bos=True, eos=True)
-        if token_budget is not None and tokens + len(ids) > token_budget:
+        if budget is not None and tokens + len(ids) > budget:
+            rest.append(document)  # would overshoot the mix; a smaller one may still fit
             progress.update(1)
-            continue  # a document that would overshoot the mix; a smaller one may still fit
-        writer.add_document(ids)
+            continue
+        kept.append(ids)
         tokens += len(ids)
-        documents_written += 1
         progress.update(1, tokens_kept=len(ids))
     progress.close()
-    paths = writer.close()
-    return {"documents": documents_written, "tokens": tokens, "shards": [str(p.relative_to(folder)) for p in paths]}
+    return kept, rest
+
+
+def _write_source(folder: Path, tokenizer: Tokenizer, splits: dict[str, list[list[int]]]) -> dict[str, int]:
+    """One prepared source folder: shards per split and its manifest; returns tokens per split."""
+    entries = {}
+    for split, documents in splits.items():
+        writer = ShardWriter(folder, split, tokenizer.vocab_size)
+        for ids in documents:
+            writer.add_document(ids)
+        entries[split] = {"shards": writer.close(), "documents": len(documents), "tokens": sum(map(len, documents))}
+    write_manifest(folder, tokenizer, entries, settings={"bos": True, "eos": True}, origin="built-in corpus")
+    return {split: entry["tokens"] for split, entry in entries.items()}
 
 
 def _cache_key(tokenizer_path: Path | None) -> str:
@@ -104,41 +117,44 @@ def _cache_key(tokenizer_path: Path | None) -> str:
     return f"builtin-v{CORPUS_VERSION}-{python}-tok-{tokenizer}"
 
 
+def _tokenizer_for(folder: Path, prose: list[str], code: list[str], tokenizer_path: Path | None) -> Tokenizer:
+    model_path = folder / "tokenizer.model"
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, model_path)
+        return Tokenizer(model_path)
+    # Train on the prose and about as much code as the mix will hold (3/7 of the prose's size).
+    code_sample, size, budget = [], 0, sum(map(len, prose)) * WEIGHTS["code"] / WEIGHTS["prose"]
+    for document in code:
+        if size >= budget:
+            break
+        code_sample.append(document)
+        size += len(document)
+    print(f"built-in corpus: training a {BUILTIN_VOCAB_SIZE}-piece BPE tokenizer", file=sys.stderr, flush=True)
+    _train_tokenizer(prose + code_sample, model_path)
+    return Tokenizer(model_path)
+
+
 def _build(folder: Path, tokenizer_path: Path | None) -> None:
     prose, code = prose_documents(), code_documents()
-    model_path = folder / "tokenizer.model"
-    if tokenizer_path is None:
-        # Train on the prose and about as much code as the mix will hold (3/7 of the prose's size).
-        code_sample, size, budget = [], 0, sum(map(len, prose)) * CODE_SHARE / (1 - CODE_SHARE)
-        for document in code:
-            if size >= budget:
-                break
-            code_sample.append(document)
-            size += len(document)
-        print(f"built-in corpus: training a {BUILTIN_VOCAB_SIZE}-piece BPE tokenizer", file=sys.stderr, flush=True)
-        _train_tokenizer(prose + code_sample, model_path)
-    else:
-        shutil.copyfile(tokenizer_path, model_path)
-    tokenizer = Tokenizer(model_path)
-    sources = {"prose": _write_source("prose", prose, tokenizer, folder, None)}
-    code_budget = round(sources["prose"]["tokens"] * CODE_SHARE / (1 - CODE_SHARE))
-    sources["code"] = _write_source("code", code, tokenizer, folder, code_budget)
-    manifest = {
-        "corpus_version": CORPUS_VERSION,
-        "python": sys.version.split()[0],
-        "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer.checksum(), "vocab_size": tokenizer.vocab_size,
-                      "trained_here": tokenizer_path is None},
-        "document_format": "<s> tokens </s>",
-        "sources": sources,
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    tokenizer = _tokenizer_for(folder, prose, code, tokenizer_path)
+    is_held_out = [i % VALIDATION_EVERY == VALIDATION_EVERY - 1 for i in range(len(prose))]
+    prose_train, _ = _encode_within("prose", [d for d, out in zip(prose, is_held_out) if not out], tokenizer, None)
+    prose_validation, _ = _encode_within("prose (validation)", [d for d, out in zip(prose, is_held_out) if out], tokenizer, None)
+    tokens = _write_source(folder / "prose", tokenizer, {"train": prose_train, "validation": prose_validation})
+    code_share = WEIGHTS["code"] / WEIGHTS["prose"]
+    code_train, unused = _encode_within("code", code, tokenizer, round(tokens["train"] * code_share))
+    code_validation, _ = _encode_within("code (validation)", unused, tokenizer, round(tokens["validation"] * code_share))
+    _write_source(folder / "code", tokenizer, {"train": code_train, "validation": code_validation})
+    record = {"corpus_version": CORPUS_VERSION, "python": sys.version.split()[0], "weights": WEIGHTS,
+              "tokenizer_trained_here": tokenizer_path is None}
+    (folder / "corpus.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def prepare_builtin_corpus(cache_dir: str | Path, tokenizer_path: str | Path | None = None) -> BuiltinCorpus:
     """The built-in corpus from the cache, built there first if needed (seconds, progress shown)."""
     tokenizer_path = Path(tokenizer_path).expanduser() if tokenizer_path else None
     folder = Path(cache_dir).expanduser() / _cache_key(tokenizer_path)
-    if not (folder / "manifest.json").is_file():
+    if not (folder / "corpus.json").is_file():
         print(f"built-in corpus: preparing it once in {folder}", file=sys.stderr, flush=True)
         staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
@@ -147,10 +163,9 @@ def prepare_builtin_corpus(cache_dir: str | Path, tokenizer_path: str | Path | N
             _build(staging, tokenizer_path)
             os.replace(staging, folder)  # publish; fails if another process published first
         except OSError:
-            if not (folder / "manifest.json").is_file():
+            if not (folder / "corpus.json").is_file():
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    shards = {name: [folder / shard for shard in source["shards"]] for name, source in manifest["sources"].items()}
-    return BuiltinCorpus(folder, folder / "tokenizer.model", shards, manifest)
+    record = json.loads((folder / "corpus.json").read_text())
+    return BuiltinCorpus(folder, folder / "tokenizer.model", {name: folder / name for name in record["weights"]}, record["weights"])

@@ -1,87 +1,78 @@
-"""The sample stream and the per-rank loader.
+"""The per-rank loader of a global sample stream, on torchdata's StatefulDataLoader.
 
-Sample i of a run is a pure function of (shards, seq_len, seed, i): the shards are read as one
-concatenated token array, cut into windows of seq_len + 1 tokens (inputs and the next-token
-labels), and each epoch visits every window once in an order drawn from (seed, epoch). The tail of
-fewer than seq_len + 1 tokens after the last full window is not used. Rank r of W takes a disjoint
-slice of every global micro-batch, and the loader's state is just the global position, so resuming
-costs nothing and does not depend on the number of ranks.
+Every rank reads the same global stream (see streams.py). A global micro-batch is the next
+micro_batch_size x world_size samples; rank r takes the r-th slice of it. The loader's state is
+the global position of the first sample not yet handed to the training loop: one integer, the
+same on every rank, that does not depend on the number of ranks (with a fixed global batch in
+tokens, it is steps x samples per step). Restoring it restarts the workers at that position, so
+resuming is exact with any num_workers, costs nothing, and works on a different number of ranks.
 """
 
-from functools import lru_cache
-from pathlib import Path
+import warnings
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
-from tinytitan.data.shards import open_shard
-from tinytitan.errors import UserError
-
-
-class SampleStream:
-    def __init__(self, shard_paths: list[Path], seq_len: int, seed: int):
-        if not shard_paths:
-            raise UserError("data: no token shards to read")
-        self.seq_len, self.seed = seq_len, seed
-        self._tokens = [open_shard(path)[1] for path in shard_paths]
-        sizes = [len(tokens) for tokens in self._tokens]
-        self._starts = np.cumsum([0] + sizes)  # global offset of each shard's first token
-        self.total_tokens = int(self._starts[-1])
-        self.windows_per_epoch = (self.total_tokens - 1) // seq_len
-        if self.windows_per_epoch < 1:
-            raise UserError(f"data: {self.total_tokens} tokens in {len(shard_paths)} shards: expected more than seq_len={seq_len}")
-
-    @lru_cache(maxsize=2)
-    def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.windows_per_epoch)
-
-    def _read(self, start: int, length: int) -> np.ndarray:
-        """`length` tokens from global offset `start`, crossing shard boundaries as needed."""
-        pieces, shard = [], int(np.searchsorted(self._starts, start, side="right")) - 1
-        while length > 0:
-            offset = start - int(self._starts[shard])
-            piece = self._tokens[shard][offset : offset + length]
-            pieces.append(piece)
-            start, length, shard = start + len(piece), length - len(piece), shard + 1
-        return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
-
-    def sample(self, index: int) -> np.ndarray:
-        """The index-th sample of the stream: seq_len + 1 consecutive tokens."""
-        epoch, position = divmod(index, self.windows_per_epoch)
-        window = int(self._order(epoch)[position])
-        return self._read(window * self.seq_len, self.seq_len + 1)
+from tinytitan.data.streams import Stream
 
 
-class SyntheticStream:
-    """Uniform random tokens, for throughput benchmarks: sample i depends only on (seed, i)."""
+class _StreamDataset(Dataset):
+    """Map-style view of a stream: item i is global sample i as an int64 tensor."""
 
-    def __init__(self, vocab_size: int, seq_len: int, seed: int):
-        self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
+    def __init__(self, stream: Stream):
+        self.stream = stream
 
-    def sample(self, index: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, index]).integers(0, self.vocab_size, self.seq_len + 1)
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.stream.sample(index), dtype=np.int64))
+
+
+class _RankSampler(Sampler):
+    """This rank's global sample indices, forever, from a global position."""
+
+    def __init__(self, start: int, micro_batch_size: int, rank: int, world_size: int):
+        self.start, self.micro_batch_size, self.rank, self.world_size = start, micro_batch_size, rank, world_size
+
+    def __iter__(self):
+        position = self.start
+        while True:
+            first = position + self.rank * self.micro_batch_size
+            yield from range(first, first + self.micro_batch_size)
+            position += self.micro_batch_size * self.world_size
 
 
 class DataLoader:
     """Micro-batches of (inputs, labels), each [micro_batch_size, seq_len] int64, for one rank."""
 
-    def __init__(self, stream: SampleStream | SyntheticStream, micro_batch_size: int, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu"):
+    def __init__(self, stream: Stream, micro_batch_size: int, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0, device: torch.device | str = "cpu"):
         self.stream, self.micro_batch_size = stream, micro_batch_size
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.device = torch.device(device)
-        self.position = 0  # global index of the first sample of the next global micro-batch
+        self.position = 0
+        self._batches = None
+
+    def _start(self):
+        with warnings.catch_warnings():  # torchdata 0.11 calls an API that torch >= 2.12 deprecates
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            loader = StatefulDataLoader(
+                _StreamDataset(self.stream), batch_size=self.micro_batch_size,
+                sampler=_RankSampler(self.position, self.micro_batch_size, self.rank, self.world_size),
+                num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                prefetch_factor=4 if self.num_workers else None,
+            )
+            return iter(loader)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        first = self.position + self.rank * self.micro_batch_size
-        rows = [self.stream.sample(first + j) for j in range(self.micro_batch_size)]
+        if self._batches is None:
+            self._batches = self._start()
+        batch = next(self._batches)
         self.position += self.micro_batch_size * self.world_size
-        batch = torch.from_numpy(np.stack(rows).astype(np.int64))
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        batch = batch.to(self.device, non_blocking=True)
         return batch[:, :-1], batch[:, 1:]
 
     def state_dict(self) -> dict:
@@ -89,3 +80,8 @@ class DataLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.position = int(state["position"])
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers; the next batch starts them again at the current position."""
+        self._batches = None

@@ -1,0 +1,57 @@
+"""Data sources of a run: prepared folders mixed by weight into one global stream.
+
+Each source is a folder written by scripts/prepare_data.py (or a source of the built-in corpus):
+token shards per split and a manifest naming the tokenizer. All sources of a run must have been
+tokenized by the same tokenizer, and it must fit the model's vocabulary.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinytitan.data.manifest import read_manifest, split_shards
+from tinytitan.data.streams import MixedStream, SampleStream
+from tinytitan.data.tokenizer import Tokenizer
+from tinytitan.errors import UserError
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    path: Path
+    weight: float
+
+
+def check_sources(sources: list[Source], vocab_size: int, tokenizer: Tokenizer | None = None) -> None:
+    """Every source was made by one tokenizer (`tokenizer`'s, when given) that fits `vocab_size`."""
+    expected = tokenizer.checksum() if tokenizer else None
+    for source in sources:
+        record = read_manifest(source.path)["tokenizer"]
+        expected = expected or record["sha256"]
+        if record["sha256"] != expected:
+            what = f"the tokenizer {tokenizer.path}" if tokenizer else f"source {sources[0].name!r}'s"
+            raise UserError(f"data source {source.name!r} ({source.path}): tokenized with sha256 {record['sha256'][:12]}…: "
+                            f"expected {what} ({expected[:12]}…)")
+        if record["vocab_size"] > vocab_size:
+            raise UserError(f"data source {source.name!r} ({source.path}): tokenizer of {record['vocab_size']} pieces: "
+                            f"expected at most the model's vocab_size {vocab_size}")
+        if not split_shards(source.path, "train"):
+            raise UserError(f"data source {source.name!r} ({source.path}): no train split in its manifest")
+
+
+def training_stream(sources: list[Source], seq_len: int, seed: int) -> MixedStream:
+    streams = [SampleStream(split_shards(s.path, "train"), seq_len, seed=(seed, index)) for index, s in enumerate(sources)]
+    return MixedStream(streams, [s.weight for s in sources], seed=(seed, len(sources)), names=[s.name for s in sources])
+
+
+def validation_streams(sources: list[Source], seq_len: int) -> dict[str, SampleStream]:
+    """Each source's validation split in its stored order. Sources without one, or with less than
+    one sample of it, are left out (and said so)."""
+    streams = {}
+    for source in sources:
+        split = read_manifest(source.path)["splits"].get("validation")
+        if not split or split["tokens"] <= seq_len:
+            tokens = split["tokens"] if split else 0
+            print(f"data source {source.name!r}: no validation ({tokens} validation tokens, a sample needs {seq_len + 1})", flush=True)
+            continue
+        streams[source.name] = SampleStream(split_shards(source.path, "validation"), seq_len, seed=(), shuffle=False)
+    return streams
