@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Train with tinytitan. Everything after the script name is passed on as config overrides:
 #   ./run_train.sh                                   debug model, built-in corpus, CPU or GPU
-#   CONFIG_FILE=./train_configs/other.toml NGPU=1 ./run_train.sh --training.steps=50
-# CONFIG_FILE defaults to the debug recipe; NGPU is the number of processes (default 1; more
-# than one are started by torchrun).
+#   CONFIG_FILE=./train_configs/other.toml NGPU=8 ./run_train.sh --training.steps=50
+# Environment:
+#   CONFIG_FILE    TOML recipe (default: the debug model)
+#   NGPU           processes per node (default: the node's GPUs, or 1 without GPUs; on CPU,
+#                  several processes train with gloo)
+#   NNODES         nodes (default 1); with more, each node runs this script with NODE_RANK and
+#                  MASTER_ADDR (MASTER_PORT, default 29500), or all of them with RDZV_ENDPOINT=host:port
+#   MAX_RESTARTS   times torchrun restarts failed workers, which then resume from the last checkpoint
 # The first call installs what is missing into .venv (see scripts/bootstrap.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -11,13 +16,27 @@ source scripts/bootstrap.sh
 tt_bootstrap
 
 CONFIG_FILE=${CONFIG_FILE:-./train_configs/debug_model.toml}
-NGPU=${NGPU:-1}
+if [ -z "${NGPU:-}" ]; then
+  NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  [ "${NGPU:-0}" -ge 1 ] || NGPU=1
+fi
+NNODES=${NNODES:-1}
 
-if [ "$NGPU" = 1 ]; then
+if [ "$NGPU" = 1 ] && [ "$NNODES" = 1 ] && [ -z "${MAX_RESTARTS:-}" ]; then
   exec "$PYTHON" -m tinytitan.train --job.config_file="$CONFIG_FILE" "$@"
 fi
+
 # Several processes: check the config once first, so that a mistake is one line and exit status 2
 # rather than a failure report from every worker.
 "$PYTHON" -m tinytitan.config --job.config_file="$CONFIG_FILE" "$@" || exit
-exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" \
-  -m tinytitan.train --job.config_file="$CONFIG_FILE" "$@"
+
+launch=(--nproc_per_node="$NGPU" --nnodes="$NNODES" --max-restarts="${MAX_RESTARTS:-0}")
+if [ -n "${RDZV_ENDPOINT:-}" ]; then
+  launch+=(--rdzv_backend=c10d --rdzv_endpoint="$RDZV_ENDPOINT" --rdzv_id="${RDZV_ID:-tinytitan}")
+elif [ "$NNODES" = 1 ]; then
+  launch+=(--standalone)
+else
+  : "${MASTER_ADDR:?NNODES=$NNODES: set MASTER_ADDR (and NODE_RANK) or RDZV_ENDPOINT}"
+  launch+=(--node_rank="${NODE_RANK:?NNODES=$NNODES: set NODE_RANK}" --master_addr="$MASTER_ADDR" --master_port="${MASTER_PORT:-29500}")
+fi
+exec "$PYTHON" -m torch.distributed.run "${launch[@]}" -m tinytitan.train --job.config_file="$CONFIG_FILE" "$@"

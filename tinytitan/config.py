@@ -114,6 +114,33 @@ class Compile:
 
 
 @dataclass
+class Parallelism:
+    data_parallel_shard_degree: int = option(-1, "ranks that shard the parameters (FSDP); -1: the rest", min=-1)
+    data_parallel_replicate_degree: int = option(1, "groups of sharding ranks that replicate each other (HSDP); "
+                                                 "-1: the rest", min=-1)
+    reshard_after_forward: bool = option(True, "free gathered parameters after forward (less memory, one more all-gather)")
+
+
+@dataclass
+class ActivationCheckpoint:
+    mode: str = option("none", "recompute activations in backward: none, full (every block), or selective "
+                       "(every selective_every-th block)", choices=("none", "full", "selective"))
+    selective_every: int = option(2, "with mode = 'selective', checkpoint blocks 0, n, 2n, ...", min=1)
+
+
+@dataclass
+class Checkpoint:
+    enable: bool = option(False, "save checkpoints to <run folder>/checkpoints/step-<N> and resume from the newest")
+    interval: int = option(500, "save every this many steps (and at the last step)", min=1)
+    keep_latest_k: int = option(3, "keep this many newest checkpoints (0: keep all)", min=0)
+    initial_load_path: str = option("", "model-only checkpoint to start from when the run folder has none "
+                                    "(e.g. converted TinyLlama weights)")
+    async_save: bool = option(False, "save in the background on CUDA (dcp.async_save); published at the next save or the end")
+    export_dtype: str = option("", "at the end, also export model-only weights in this dtype to "
+                               "<run folder>/checkpoints/step-<N>-model", choices=("", "float32", "bfloat16", "float16"))
+
+
+@dataclass
 class JobConfig:
     job: Job = field(default_factory=Job)
     model: Model = field(default_factory=Model)
@@ -123,6 +150,9 @@ class JobConfig:
     data: Data = field(default_factory=Data)
     validation: Validation = field(default_factory=Validation)
     metrics: Metrics = field(default_factory=Metrics)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    parallelism: Parallelism = field(default_factory=Parallelism)
+    activation_checkpoint: ActivationCheckpoint = field(default_factory=ActivationCheckpoint)
     compile: Compile = field(default_factory=Compile)
 
 
@@ -300,6 +330,9 @@ def load_config(argv: list[str]) -> JobConfig:
 
 
 def _check_consistency(config: JobConfig) -> None:
+    for key in ("data_parallel_shard_degree", "data_parallel_replicate_degree"):
+        if getattr(config.parallelism, key) == 0:
+            raise ConfigError(f"parallelism.{key} = 0: expected a positive degree or -1")
     flavor = FLAVORS[config.model.flavor]
     if config.training.seq_len > flavor.max_seq_len:
         raise ConfigError(

@@ -58,18 +58,16 @@ def memory_gib(device: torch.device) -> float:
 class MetricsLogger:
     """Prints the log line and, when enabled, writes the same numbers as TensorBoard scalars."""
 
-    def __init__(self, tensorboard_dir: Path | None):
-        self._writer = None
+    def __init__(self, tensorboard_dir: Path | None, quiet: bool = False):
+        self._writer, self._quiet = None, quiet
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(tensorboard_dir))
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        parts = [f"step {step:>6}"]
-        for name, value in values.items():
-            parts.append(_format(name, value))
-        print("  ".join(parts), flush=True)
+        if not self._quiet:
+            print("  ".join([f"step {step:>6}"] + [_format(name, value) for name, value in values.items()]), flush=True)
         if self._writer is not None:
             for name, value in values.items():
                 self._writer.add_scalar(name, value, step)

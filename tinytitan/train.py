@@ -1,63 +1,32 @@
 """The training loop: `python -m tinytitan.train --job.config_file=FILE [--section.key=value ...]`.
 
-It wires config, data, model, optimizer and metrics together and owns none of their internals.
+It wires config, data, model, parallelism, optimizer, checkpoints and metrics together and owns
+none of their internals. Run it in one process, or in several with torchrun (run_train.sh).
 """
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
+from tinytitan.checkpoint import Checkpointer, ModelState, OptimizerState, Preemption, RNGState, TrainState
 from tinytitan.config import JobConfig, help_text, load_config, to_toml, wants_help
-from tinytitan.data.builtin_corpus import prepare_builtin_corpus
 from tinytitan.data.loader import DataLoader
-from tinytitan.data.sources import Source, check_sources, training_stream, validation_streams
-from tinytitan.data.streams import SampleStream, Stream, SyntheticStream
-from tinytitan.data.tokenizer import Tokenizer
+from tinytitan.data.sources import build_streams
+from tinytitan.data.streams import SampleStream
 from tinytitan.errors import UserError, run_entry_point
+from tinytitan.kernels.cross_entropy import IGNORE_INDEX
 from tinytitan.metrics import MetricsLogger, flops_per_token, memory_gib, peak_flops
 from tinytitan.models.llama import FLAVORS, ModelArgs, build_model, count_parameters
 from tinytitan.optim import build_lr_scheduler, build_optimizer
-
-
-def select_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("training.device = \"cuda\": expected a CUDA device, but torch sees none (use \"auto\" or \"cpu\")")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def check_single_process() -> None:
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1:
-        raise UserError(f"WORLD_SIZE={world_size}: this version trains in one process; run with NGPU=1")
-
-
-def resolve_sources(config: JobConfig) -> tuple[list[Source], Tokenizer | None]:
-    """The data sources to mix, and the tokenizer they must have been made with (if one is named)."""
-    data = config.data
-    if data.dataset == "builtin":
-        corpus = prepare_builtin_corpus(data.cache_dir, data.tokenizer_path or None)
-        sources = [Source(name, path, corpus.weights[name]) for name, path in corpus.sources.items()]
-        return sources, Tokenizer(corpus.tokenizer_path)
-    sources = [Source(s.name, Path(s.path).expanduser(), s.weight) for s in data.sources]
-    return sources, Tokenizer(data.tokenizer_path) if data.tokenizer_path else None
-
-
-def build_streams(config: JobConfig, args: ModelArgs) -> tuple[Stream, dict[str, SampleStream], str]:
-    """The global training stream, the validation stream of each source, and a few words on them."""
-    seq_len, seed = config.training.seq_len, config.training.seed
-    if config.data.dataset == "synthetic":
-        return SyntheticStream(args.vocab_size, seq_len, seed=(seed,)), {}, f"synthetic tokens over {args.vocab_size} ids"
-    sources, tokenizer = resolve_sources(config)
-    check_sources(sources, args.vocab_size, tokenizer)
-    mix = ", ".join(f"{s.name} {s.weight / sum(x.weight for x in sources):.1%}" for s in sources)
-    return training_stream(sources, seq_len, seed), validation_streams(sources, seq_len), f"sources {mix}"
+from tinytitan.parallel import (
+    ParallelEnv, all_reduce_mean, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_fsdp,
+    close_parallel, init_parallel, main_process_first,
+)
 
 
 def gradient_accumulation_steps(config: JobConfig, world_size: int) -> int:
@@ -71,62 +40,76 @@ def gradient_accumulation_steps(config: JobConfig, world_size: int) -> int:
     return t.global_batch_tokens // tokens_per_micro_step
 
 
-def autocast_context(config: JobConfig, device: torch.device):
+def uses_bf16(config: JobConfig, device: torch.device) -> bool:
     precision = config.training.mixed_precision
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def autocast_context(config: JobConfig, device: torch.device):
+    if not uses_bf16(config, device):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def start_run_folder(config: JobConfig) -> Path:
-    """Print the resolved config and save it as <run folder>/config.toml."""
+def start_run_folder(config: JobConfig, env: ParallelEnv) -> Path:
+    """Print the resolved config and save it as <run folder>/config.toml (rank 0)."""
     run_dir = Path(config.job.dump_folder).expanduser() / config.job.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = to_toml(config)
-    print(f"resolved config (saved to {run_dir / 'config.toml'}):\n{resolved}", flush=True)
-    (run_dir / "config.toml").write_text(resolved)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = to_toml(config)
+        print(f"resolved config (saved to {run_dir / 'config.toml'}):\n{resolved}", flush=True)
+        (run_dir / "config.toml").write_text(resolved)
     return run_dir
 
 
-def build_training_model(args: ModelArgs, config: JobConfig, device: torch.device) -> torch.nn.Module:
+def build_training_model(args: ModelArgs, config: JobConfig, env: ParallelEnv) -> torch.nn.Module:
+    """Initialise the full model identically on every rank (so any number of ranks starts from the
+    same weights), then checkpoint activations, compile blocks, and shard."""
     torch.manual_seed(config.training.seed)
-    model = build_model(args, device)
+    model = build_model(args, env.device)
+    apply_activation_checkpointing(model, config.activation_checkpoint.mode, config.activation_checkpoint.selective_every)
     if config.compile.enable:
-        for block in model.layers.values():
-            block.compile(fullgraph=True)  # in place: parameter names stay unchanged
+        apply_compile(model)
+    if env.mesh is not None:
+        apply_fsdp(model, env, config, uses_bf16(config, env.device))
     return model
 
 
 @torch.no_grad()
-def evaluate(model, streams: dict[str, SampleStream], config: JobConfig, device, autocast) -> dict[str, float]:
-    """Mean loss (and perplexity) of eval_steps micro-batches of each source's validation split."""
+def evaluate(model, streams: dict[str, SampleStream], config: JobConfig, env: ParallelEnv, autocast) -> dict[str, float]:
+    """Mean loss (and perplexity) over eval_steps micro-batches per rank of each validation split."""
     model.eval()
     values = {}
     for name, stream in streams.items():
-        loader = DataLoader(stream, config.training.micro_batch_size, num_workers=config.data.num_workers, device=device)
-        total = torch.zeros((), device=device)
+        loader = DataLoader(stream, config.training.micro_batch_size, env.rank, env.world_size, device=env.device)
+        total = torch.zeros((), device=env.device)
         for _ in range(config.validation.eval_steps):
             inputs, labels = next(loader)
             with autocast:
                 total += model(inputs, labels).float()
-        loss = total.item() / config.validation.eval_steps
+        loss = all_reduce_mean(total).item() / config.validation.eval_steps
         values[f"val/{name}/loss"] = loss
         values[f"val/{name}/perplexity"] = math.exp(min(loss, 50.0))
     model.train()
     return values
 
 
-def train_step(model, optimizer, scheduler, loader, accumulation: int, autocast, max_norm: float):
-    """One optimizer step over `accumulation` micro-batches; returns (mean loss, grad norm) as
-    tensors, without waiting for the device."""
-    step_loss = None
-    for _ in range(accumulation):
-        inputs, labels = next(loader)
+def train_step(model, optimizer, scheduler, micro_batches, autocast, max_norm: float, world_size: int):
+    """One optimizer step; returns (this rank's share of the mean loss, grad norm) as tensors,
+    without waiting for the device. The gradient is that of the mean loss over every non-ignored
+    label of the step on all ranks: each micro-batch's mean is weighted by its share of the global
+    label count (times world_size, since FSDP averages gradients over ranks)."""
+    counts = [(labels != IGNORE_INDEX).sum() for _, labels in micro_batches]
+    global_count = all_reduce_sum(torch.stack(counts).sum()).clamp(min=1)
+    step_loss = torch.zeros((), device=counts[0].device)
+    for (inputs, labels), count in zip(micro_batches, counts):
         with autocast:
-            loss = model(inputs, labels) / accumulation
+            loss = model(inputs, labels) * (count * world_size / global_count)
         loss.backward()
-        step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+        step_loss += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if isinstance(grad_norm, DTensor):
+        grad_norm = grad_norm.full_tensor()
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -135,7 +118,7 @@ def train_step(model, optimizer, scheduler, loader, accumulation: int, autocast,
 
 @dataclass
 class Throughput:
-    """Counts tokens between log lines and turns them into tokens/s and MFU."""
+    """Counts tokens between log lines and turns them into tokens/s and MFU (per device)."""
 
     flops_per_token: float
     peak_flops: float | None
@@ -155,49 +138,79 @@ class Throughput:
 
 def train(config: JobConfig) -> list[dict[str, float]]:
     """Train as configured; returns what each log line showed (step, loss, grad_norm, lr, ...)."""
-    check_single_process()
-    device = select_device(config.training.device)
-    run_dir = start_run_folder(config)
-    args = FLAVORS[config.model.flavor]
-    stream, validation, data_summary = build_streams(config, args)
-    accumulation = gradient_accumulation_steps(config, world_size=1)
-    model = build_training_model(args, config, device)
-    optimizer = build_optimizer(model, config.optimizer, device)
-    scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.training.steps)
-    loader = DataLoader(stream, config.training.micro_batch_size, num_workers=config.data.num_workers, device=device)
-    logger = MetricsLogger(run_dir / "tb" if config.metrics.enable_tensorboard else None)
+    env = init_parallel(config)
+    try:
+        return _train(config, env)
+    finally:
+        close_parallel(env)
+
+
+def _train(config: JobConfig, env: ParallelEnv) -> list[dict[str, float]]:
     t = config.training
-    throughput = Throughput(flops_per_token(args, count_parameters(model, exclude_embedding=True), t.seq_len), peak_flops(device))
-    print(f"model {config.model.flavor}: {count_parameters(model):,} parameters on {device}; data: {data_summary}; "
-          f"{accumulation} micro-steps of {t.micro_batch_size} x {t.seq_len} tokens per step", flush=True)
-    autocast, max_norm = autocast_context(config, device), t.max_norm or math.inf  # inf: measure, clip nothing
-    records, start = [], time.perf_counter()
-    throughput.reset()
-    for step in range(1, t.steps + 1):
+    run_dir = start_run_folder(config, env)
+    args = FLAVORS[config.model.flavor]
+    with main_process_first(env):  # rank 0 prepares the built-in corpus once
+        stream, validation, data_summary = build_streams(config.data, args.vocab_size, t.seq_len, t.seed)
+    accumulation = gradient_accumulation_steps(config, env.world_size)
+    model = build_training_model(args, config, env)
+    optimizer = build_optimizer(model, config.optimizer, env.device)
+    scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, t.steps)
+    loader = DataLoader(stream, t.micro_batch_size, env.rank, env.world_size, config.data.num_workers, env.device)
+    train_state = TrainState()
+    checkpointer = Checkpointer(run_dir / "checkpoints", config.checkpoint, {
+        "model": ModelState(model), "optimizer": OptimizerState(model, optimizer), "lr_scheduler": scheduler,
+        "dataloader": loader, "train_state": train_state, "rng": RNGState()})
+    checkpointer.resume()
+    preemption = Preemption()
+    logger = MetricsLogger(run_dir / "tb" if config.metrics.enable_tensorboard and env.is_main else None, quiet=not env.is_main)
+    throughput = Throughput(flops_per_token(args, count_parameters(model, exclude_embedding=True), t.seq_len),
+                            peak_flops(env.device))
+    if env.is_main:
+        print(f"model {config.model.flavor}: {count_parameters(model):,} parameters, {env.world_size} rank(s) on "
+              f"{env.device.type}; data: {data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x "
+              f"{t.seq_len} tokens per rank per step", flush=True)
+    autocast, max_norm = autocast_context(config, env.device), t.max_norm or math.inf  # inf: measure, clip nothing
+    records, start, first_step = [], time.perf_counter(), train_state.step + 1
+    for step in range(first_step, t.steps + 1):
         lr = optimizer.param_groups[0]["lr"]
-        loss, grad_norm = train_step(model, optimizer, scheduler, loader, accumulation, autocast, max_norm)
+        micro_batches = [next(loader) for _ in range(accumulation)]
+        loss, grad_norm = train_step(model, optimizer, scheduler, micro_batches, autocast, max_norm, env.world_size)
+        train_state.step, train_state.tokens_seen = step, train_state.tokens_seen + t.global_batch_tokens
         throughput.tokens += accumulation * t.micro_batch_size * t.seq_len
-        if step == 1 or step % config.metrics.log_freq == 0 or step == t.steps:
+        if step == first_step or step % config.metrics.log_freq == 0 or step == t.steps:
             # .item() waits for the device: the only host sync of a step, and only on logging steps.
-            values = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr, **throughput.report(),
-                      "memory_gib": memory_gib(device)}
+            values = {"loss": all_reduce_mean(loss).item(), "grad_norm": grad_norm.item(), "lr": lr,
+                      **throughput.report(), "memory_gib": memory_gib(env.device)}
             if not math.isfinite(values["loss"]):
                 raise RuntimeError(f"loss is {values['loss']} at step {step}")
             logger.log(step, values)
             records.append({"step": step, **values})
             throughput.reset()
         if validation and config.validation.eval_freq and step % config.validation.eval_freq == 0:
-            values = evaluate(model, validation, config, device, autocast)
+            values = evaluate(model, validation, config, env, autocast)
             logger.log(step, values)
             if records and records[-1]["step"] == step:
                 records[-1].update(values)
             else:
                 records.append({"step": step, **values})
             throughput.reset()  # evaluation time is not training throughput
+        preempted = preemption.agreed(env.device)
+        if checkpointer.due(step, t.steps) or (preempted and config.checkpoint.enable):
+            checkpointer.save(step)
+        if preempted:
+            if env.is_main:
+                print(f"preempted: stopping after step {step}", flush=True)
+            break
+    checkpointer.wait()
+    if config.checkpoint.export_dtype and train_state.step == t.steps:
+        checkpointer.export_model(model, train_state.step, getattr(torch, config.checkpoint.export_dtype))
     loader.close()
     logger.close()
-    print(f"done: {t.steps} steps in {time.perf_counter() - start:.0f}s; loss {records[0]['loss']:.3f} at step 1, "
-          f"{records[-1]['loss']:.3f} at step {t.steps}; run folder {run_dir}", flush=True)
+    logged = [record for record in records if "loss" in record]
+    if env.is_main and logged:
+        print(f"done: steps {first_step}..{train_state.step} in {time.perf_counter() - start:.0f}s; loss "
+              f"{logged[0]['loss']:.3f} at step {logged[0]['step']}, {logged[-1]['loss']:.3f} at step "
+              f"{logged[-1]['step']}; run folder {run_dir}", flush=True)
     return records
 
 

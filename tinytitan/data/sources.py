@@ -8,8 +8,10 @@ tokenized by the same tokenizer, and it must fit the model's vocabulary.
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinytitan.config import Data
+from tinytitan.data.builtin_corpus import prepare_builtin_corpus
 from tinytitan.data.manifest import read_manifest, split_shards
-from tinytitan.data.streams import MixedStream, SampleStream
+from tinytitan.data.streams import MixedStream, SampleStream, Stream, SyntheticStream
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
 
@@ -55,3 +57,23 @@ def validation_streams(sources: list[Source], seq_len: int) -> dict[str, SampleS
             continue
         streams[source.name] = SampleStream(split_shards(source.path, "validation"), seq_len, seed=(), shuffle=False)
     return streams
+
+
+def resolve_sources(data: Data) -> tuple[list[Source], Tokenizer | None]:
+    """The sources to mix, and the tokenizer they must have been made with (if one is named)."""
+    if data.dataset == "builtin":
+        corpus = prepare_builtin_corpus(data.cache_dir, data.tokenizer_path or None)
+        sources = [Source(name, path, corpus.weights[name]) for name, path in corpus.sources.items()]
+        return sources, Tokenizer(corpus.tokenizer_path)
+    sources = [Source(s.name, Path(s.path).expanduser(), s.weight) for s in data.sources]
+    return sources, Tokenizer(data.tokenizer_path) if data.tokenizer_path else None
+
+
+def build_streams(data: Data, vocab_size: int, seq_len: int, seed: int) -> tuple[Stream, dict[str, SampleStream], str]:
+    """The global training stream, each source's validation stream, and a few words on them."""
+    if data.dataset == "synthetic":
+        return SyntheticStream(vocab_size, seq_len, seed=(seed,)), {}, f"synthetic tokens over {vocab_size} ids"
+    sources, tokenizer = resolve_sources(data)
+    check_sources(sources, vocab_size, tokenizer)
+    mix = ", ".join(f"{s.name} {s.weight / sum(x.weight for x in sources):.1%}" for s in sources)
+    return training_stream(sources, seq_len, seed), validation_streams(sources, seq_len), f"sources {mix}"

@@ -1,0 +1,173 @@
+"""Checkpoints as a user meets them: kill, preempt, resume (also on another number of ranks),
+interrupted saves, damaged or mismatched checkpoints, exports. Runs go through run_train.sh."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from conftest import REPO_ROOT, run_command
+from tinytitan.checkpoint import published_steps
+from tinytitan.models.llama import FLAVORS, ModelArgs, build_model
+
+STEPS = 20
+
+
+def overrides(run_root, corpus_cache, *extra):
+    return [f"--job.dump_folder={run_root}", f"--data.cache_dir={corpus_cache}", f"--training.steps={STEPS}",
+            "--training.seq_len=128", "--training.global_batch_tokens=1024", "--metrics.log_freq=1",
+            "--lr_scheduler.warmup_steps=5", "--checkpoint.enable", "--checkpoint.interval=10",
+            "--checkpoint.keep_latest_k=0", "--validation.eval_freq=0", *extra]
+
+
+def micro_batch(ranks: int) -> str:
+    return f"--training.micro_batch_size={8 // ranks}"  # the same global batch on any number of ranks
+
+
+def launch(args, ranks=1, extra_env=None) -> subprocess.Popen:
+    env = {**os.environ, "TINYTITAN_PYTHON": sys.executable, "NGPU": str(ranks), **(extra_env or {})}
+    return subprocess.Popen(["./run_train.sh", *args, micro_batch(ranks)], cwd=REPO_ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout=300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def wait_for_checkpoint(run_dir, step, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while step not in published_steps(run_dir / "checkpoints"):
+        assert process.poll() is None, f"the run ended before step {step} was saved"
+        assert time.monotonic() < deadline, f"no checkpoint of step {step} after {timeout}s"
+        time.sleep(0.05)
+
+
+def losses(run_dir) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))  # every event file: a resumed run writes a new one
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars("loss")}
+
+
+def model_weights(checkpoint) -> dict[str, torch.Tensor]:
+    with torch.device("cpu"):
+        template = build_model(FLAVORS["debug"], "cpu").state_dict()
+    state = {"model": template}
+    dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+    return state["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus_cache):
+    """The reference: 20 steps on one rank without a break."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    finish(launch(overrides(root, corpus_cache)))
+    return root / "debug"
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, corpus_cache, uninterrupted):
+    args = overrides(tmp_path, corpus_cache, "--data.num_workers=2")
+    process = launch(args)
+    wait_for_checkpoint(tmp_path / "debug", 10, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert published_steps(tmp_path / "debug/checkpoints") == [10], "killed too late to test a resume"
+    output = finish(launch(args))
+    assert "resumed from" in output and "step-10" in output
+    assert losses(tmp_path / "debug") == losses(uninterrupted)  # exact, steps 1..20
+    resumed, reference = model_weights(tmp_path / "debug/checkpoints/step-20"), model_weights(uninterrupted / "checkpoints/step-20")
+    assert all(torch.equal(resumed[name], reference[name]) for name in reference)
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_0(tmp_path, corpus_cache, uninterrupted):
+    args = overrides(tmp_path, corpus_cache)
+    process = launch(args)
+    wait_for_checkpoint(tmp_path / "debug", 10, process)
+    process.send_signal(signal.SIGTERM)  # run_train.sh exec'd python: this is the trainer
+    output = finish(process)
+    assert "preempted: stopping after step" in output
+    saved = published_steps(tmp_path / "debug/checkpoints")
+    assert 10 <= saved[-1] < STEPS, "signalled too late to test a preemption"
+    finish(launch(args))
+    assert losses(tmp_path / "debug") == losses(uninterrupted)
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_resume_on_another_number_of_ranks_continues_the_run(tmp_path, corpus_cache, uninterrupted, before, after):
+    args = overrides(tmp_path, corpus_cache, "--data.num_workers=0")
+    process = launch(args, ranks=before)
+    wait_for_checkpoint(tmp_path / "debug", 10, process, timeout=240)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    output = finish(launch(args, ranks=after))
+    assert "resumed from" in output
+    got, expected = losses(tmp_path / "debug"), losses(uninterrupted)
+    assert sorted(got) == sorted(expected)
+    for step in expected:  # fp32; sums in another order on another number of ranks
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-5)
+
+
+def test_a_save_killed_midway_is_ignored_and_cleaned(tmp_path, corpus_cache, uninterrupted):
+    """What a kill during the step-20 save leaves: a step-20.tmp with some shards and no metadata."""
+    checkpoints = tmp_path / "debug/checkpoints"
+    shutil.copytree(uninterrupted / "checkpoints/step-10", checkpoints / "step-10")
+    shutil.copytree(uninterrupted / "checkpoints/step-20", checkpoints / "step-20.tmp")
+    (checkpoints / "step-20.tmp/.metadata").unlink()
+    output = finish(launch(overrides(tmp_path, corpus_cache)))
+    assert f"resumed from {checkpoints / 'step-10'}" in output
+    assert published_steps(checkpoints) == [10, 20] and not (checkpoints / "step-20.tmp").exists()
+
+
+def test_newest_checkpoint_is_chosen_by_its_integer_step(tmp_path):
+    for name in ("step-9", "step-10", "step-100", "step-11.tmp", "step-x", "step-12"):
+        (tmp_path / name).mkdir()
+        if name != "step-12":  # no metadata: incomplete
+            (tmp_path / name / ".metadata").write_bytes(b"")
+    assert published_steps(tmp_path) == [9, 10, 100]
+
+
+def test_a_damaged_checkpoint_stops_with_one_line_and_is_left_alone(tmp_path, corpus_cache, uninterrupted):
+    checkpoint = tmp_path / "debug/checkpoints/step-10"
+    shutil.copytree(uninterrupted / "checkpoints/step-10", checkpoint)
+    shard = next(checkpoint.glob("*.distcp"))
+    shard.unlink()
+    before = sorted(p.name for p in checkpoint.iterdir())
+    result = run_command("./run_train.sh", *overrides(tmp_path, corpus_cache), micro_batch(1))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint {checkpoint}: does not fit")
+    assert sorted(p.name for p in checkpoint.iterdir()) == before
+
+
+def test_initial_load_of_another_model_is_refused(tmp_path, corpus_cache):
+    other = ModelArgs(dim=96, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=4096, ffn_hidden_dim=200)
+    dcp.save({"model": build_model(other, "cpu").state_dict()}, checkpoint_id=str(tmp_path / "other"), no_dist=True)
+    result = run_command("./run_train.sh", *overrides(tmp_path, corpus_cache, f"--checkpoint.initial_load_path={tmp_path / 'other'}"),
+                         micro_batch(1))
+    assert result.returncode == 2
+    assert f"error: checkpoint.initial_load_path {tmp_path / 'other'}: does not fit" in result.stderr
+    result = run_command("./run_train.sh", *overrides(tmp_path, corpus_cache, f"--checkpoint.initial_load_path={tmp_path}"),
+                         micro_batch(1))
+    assert result.returncode == 2 and "not a checkpoint" in result.stderr
+
+
+def test_export_in_bf16_and_start_a_new_run_from_it(tmp_path, corpus_cache, uninterrupted):
+    first = overrides(tmp_path / "a", corpus_cache, "--checkpoint.export_dtype=bfloat16", "--training.steps=3")
+    finish(launch(first))
+    exported = tmp_path / "a/debug/checkpoints/step-3-model"
+    weights = model_weights(exported)
+    trained = model_weights(tmp_path / "a/debug/checkpoints/step-3")
+    for name, tensor in trained.items():
+        assert torch.equal(weights[name], tensor.to(torch.bfloat16).float())  # the template is fp32
+    second = overrides(tmp_path / "b", corpus_cache, f"--checkpoint.initial_load_path={exported}", "--training.steps=2")
+    output = finish(launch(second))
+    assert f"model initialised from {exported}" in output
+    assert losses(tmp_path / "b/debug")[1] < losses(tmp_path / "a/debug")[1] - 0.1  # starts where the first left off

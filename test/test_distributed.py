@@ -1,0 +1,80 @@
+"""Several processes on CPU with gloo: FSDP2 against one process, compile against eager, two
+"nodes" on loopback, and a killed worker restarted by torchrun."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO_ROOT, run_command
+from test_checkpoint import finish, launch, losses, overrides, wait_for_checkpoint
+from tinytitan.config import load_config
+from tinytitan.train import train
+
+
+def small_run(run_root, corpus_cache, *extra):
+    return [f"--job.dump_folder={run_root}", f"--data.cache_dir={corpus_cache}", "--training.steps=10",
+            "--training.seq_len=64", "--training.global_batch_tokens=512", "--metrics.log_freq=1",
+            "--lr_scheduler.warmup_steps=3", "--data.num_workers=0", "--validation.eval_freq=5", "--validation.eval_steps=2", *extra]
+
+
+def test_fsdp_on_two_ranks_gives_the_losses_of_one_rank(tmp_path, corpus_cache):
+    one = run_command("./run_train.sh", *small_run(tmp_path / "one", corpus_cache, "--training.micro_batch_size=8"), env={"NGPU": "1"})
+    assert one.returncode == 0, one.stderr[-2000:]
+    # Two ranks, with activation checkpointing, which must not change the numbers either.
+    two = run_command("./run_train.sh", *small_run(tmp_path / "two", corpus_cache, "--training.micro_batch_size=4",
+                                                   "--activation_checkpoint.mode=full"), env={"NGPU": "2"})
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "2 rank(s)" in two.stdout
+    expected, got = losses(tmp_path / "one/debug"), losses(tmp_path / "two/debug")
+    assert sorted(got) == list(range(1, 11))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-5)
+    assert expected[10] < expected[1] - 0.5
+
+
+def test_compiled_blocks_give_the_losses_of_eager(tmp_path, corpus_cache):
+    def run(*extra):
+        config = load_config(small_run(tmp_path, corpus_cache, "--training.steps=3", "--metrics.enable_tensorboard=false",
+                                       "--training.micro_batch_size=8", *extra))
+        return [record["loss"] for record in train(config) if "loss" in record]
+
+    eager, compiled = run(), run("--compile.enable")
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    selective = run("--activation_checkpoint.mode=selective", "--activation_checkpoint.selective_every=2")
+    assert selective == pytest.approx(eager, rel=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_train_together(tmp_path, corpus_cache):
+    port = free_port()
+    args = small_run(tmp_path, corpus_cache, "--training.micro_batch_size=4", "--training.steps=4")
+    nodes = [subprocess.Popen(["./run_train.sh", *args], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**os.environ, "TINYTITAN_PYTHON": sys.executable, "NGPU": "1", "NNODES": "2",
+                                   "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for rank in (0, 1)]
+    outputs = [finish(node) for node in nodes]
+    assert "2 rank(s)" in outputs[0] and "done: steps 1..4" in outputs[0]
+    assert sorted(losses(tmp_path / "debug")) == [1, 2, 3, 4]
+
+
+def test_a_killed_worker_is_restarted_and_resumes_from_the_last_checkpoint(tmp_path, corpus_cache):
+    args = overrides(tmp_path, corpus_cache, "--data.num_workers=0", "--checkpoint.interval=5")
+    process = launch(args, ranks=2, extra_env={"MAX_RESTARTS": "1"})
+    wait_for_checkpoint(tmp_path / "debug", 5, process, timeout=240)
+    workers = subprocess.run(["pgrep", "-f", "-P", str(process.pid), "tinytitan.train"], capture_output=True, text=True)
+    pids = [int(pid) for pid in workers.stdout.split()]
+    assert len(pids) == 2, workers
+    os.kill(pids[1], signal.SIGKILL)
+    output = finish(process)
+    assert "resumed from" in output
+    assert sorted(losses(tmp_path / "debug"))[-1] == 20

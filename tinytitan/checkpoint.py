@@ -1,0 +1,210 @@
+"""Checkpoints with Distributed Checkpoint (DCP): save, publish, resume, export, and preemption.
+
+Everything that changes during training is saved: model, optimizer, lr schedule, loader position,
+train state (step, tokens seen) and the RNG state. DCP writes each rank's shards, so a checkpoint
+saved by N ranks loads on M ranks (resharding). A checkpoint is written to `step-<N>.tmp` and,
+once every rank has finished, renamed to `step-<N>`: a crash or kill during a save leaves the
+previous checkpoint as the newest one. Resume picks the largest integer N, never by string order.
+Model-only checkpoints (exports, converted weights) hold just the "model" entry, under the same
+parameter names, so `checkpoint.initial_load_path` takes either kind.
+"""
+
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+)
+from torch.distributed.checkpoint.stateful import Stateful
+
+from tinytitan.config import Checkpoint
+from tinytitan.errors import UserError
+
+_STEP_FOLDER = re.compile(r"step-(\d+)")
+
+
+class ModelState(Stateful):
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def state_dict(self):
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state_dict):
+        set_model_state_dict(self.model, state_dict)
+
+
+class OptimizerState(Stateful):
+    """The optimizer state keyed by parameter names, so it reshards like the model."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self):
+        return get_optimizer_state_dict(self.model, self.optimizer)
+
+    def load_state_dict(self, state_dict):
+        set_optimizer_state_dict(self.model, self.optimizer, state_dict)
+
+
+class TrainState(Stateful):
+    def __init__(self):
+        self.step = 0
+        self.tokens_seen = 0
+
+    def state_dict(self):
+        return {"step": torch.tensor(self.step), "tokens_seen": torch.tensor(self.tokens_seen)}
+
+    def load_state_dict(self, state_dict):
+        self.step, self.tokens_seen = int(state_dict["step"]), int(state_dict["tokens_seen"])
+
+
+class RNGState(Stateful):
+    """The default generators' states (saved once, from rank 0: training itself draws no random
+    numbers after initialisation; this is for what a user adds, such as dropout)."""
+
+    def state_dict(self):
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_state_dict(self, state_dict):
+        torch.set_rng_state(state_dict["cpu"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state_dict["cuda"])
+
+
+def published_steps(folder: Path) -> list[int]:
+    """Steps of the complete checkpoints in `folder`, in increasing order."""
+    if not folder.is_dir():
+        return []
+    steps = []
+    for path in folder.iterdir():
+        match = _STEP_FOLDER.fullmatch(path.name)
+        if match and (path / ".metadata").is_file():
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def _main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _load(state: dict, path: Path, what: str) -> None:
+    if not (path / ".metadata").is_file():
+        raise UserError(f"{what} {path}: not a checkpoint (expected a folder written by Distributed Checkpoint, with a .metadata file)")
+    try:
+        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    except (dcp.CheckpointException, RuntimeError, KeyError, ValueError, FileNotFoundError) as error:
+        detail = " ".join(str(error).split())[:400]
+        raise UserError(f"{what} {path}: does not fit this model and training state ({detail})") from None
+
+
+class Checkpointer:
+    def __init__(self, folder: Path, config: Checkpoint, states: dict[str, Stateful]):
+        self.folder, self.config, self.states = folder, config, states
+        self._pending = None  # (step, future) of an async save not yet published
+
+    def resume(self) -> int:
+        """Load the newest complete checkpoint of the run (returns its step), or else the model of
+        `initial_load_path` (returns 0)."""
+        if self.config.enable:
+            if _main_process():  # a save that was killed leaves a .tmp folder: never resumed from
+                for stale in self.folder.glob("step-*.tmp"):
+                    shutil.rmtree(stale, ignore_errors=True)
+            _barrier()
+            steps = published_steps(self.folder)
+            if steps:
+                path = self.folder / f"step-{steps[-1]}"
+                _load(self.states, path, "checkpoint")
+                if _main_process():
+                    print(f"resumed from {path}", flush=True)
+                return steps[-1]
+        if self.config.initial_load_path:
+            path = Path(self.config.initial_load_path).expanduser()
+            _load({"model": self.states["model"]}, path, "checkpoint.initial_load_path")
+            if _main_process():
+                print(f"model initialised from {path}", flush=True)
+        return 0
+
+    def due(self, step: int, last_step: int) -> bool:
+        return self.config.enable and (step % self.config.interval == 0 or step == last_step)
+
+    def save(self, step: int) -> None:
+        self.wait()
+        staging = self.folder / f"step-{step}.tmp"
+        if self.config.async_save:
+            self._pending = (step, dcp.async_save(self.states, checkpoint_id=str(staging), no_dist=not dist.is_initialized()))
+            return
+        dcp.save(self.states, checkpoint_id=str(staging), no_dist=not dist.is_initialized())
+        self._publish(step)
+
+    def wait(self) -> None:
+        """Finish and publish an async save still in flight."""
+        if self._pending:
+            step, future = self._pending
+            future.result()
+            self._pending = None
+            self._publish(step)
+
+    def _publish(self, step: int) -> None:
+        _barrier()  # every rank has written its shards
+        if _main_process():
+            final = self.folder / f"step-{step}"
+            if final.exists():
+                shutil.rmtree(final)
+            (self.folder / f"step-{step}.tmp").rename(final)
+            self._keep_newest()
+            print(f"checkpoint saved: {final}", flush=True)
+        _barrier()
+
+    def _keep_newest(self) -> None:
+        if self.config.keep_latest_k:
+            for step in published_steps(self.folder)[: -self.config.keep_latest_k]:
+                shutil.rmtree(self.folder / f"step-{step}", ignore_errors=True)
+
+    def export_model(self, model: torch.nn.Module, step: int, dtype: torch.dtype) -> Path:
+        """Save model-only weights in `dtype` to step-<N>-model (same names as the training checkpoint)."""
+        weights = {name: tensor.to(dtype) for name, tensor in get_model_state_dict(model).items()}
+        final = self.folder / f"step-{step}-model"
+        staging = self.folder / f"step-{step}-model.tmp"
+        dcp.save({"model": weights}, checkpoint_id=str(staging), no_dist=not dist.is_initialized())
+        _barrier()
+        if _main_process():
+            if final.exists():
+                shutil.rmtree(final)
+            staging.rename(final)
+            print(f"model exported in {dtype}: {final}", flush=True)
+        _barrier()
+        return final
+
+
+class Preemption:
+    """SIGTERM or SIGUSR1 (a cluster's notice) asks the run to finish its step, save and exit 0."""
+
+    def __init__(self):
+        self.requested = False
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, self._note)
+
+    def _note(self, signum, frame) -> None:
+        self.requested = True
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any rank was signalled: all ranks stop after the same step."""
+        if not dist.is_initialized():
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
