@@ -12,6 +12,7 @@ parameter names, so `checkpoint.initial_load_path` takes either kind.
 import re
 import shutil
 import signal
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ from tinytitan.config import Checkpoint
 from tinytitan.errors import UserError
 
 _STEP_FOLDER = re.compile(r"step-(\d+)")
+# A single process saves and loads without a process group on purpose; DCP warns about it.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 class ModelState(Stateful):

@@ -135,7 +135,8 @@ class Checkpoint:
     keep_latest_k: int = option(3, "keep this many newest checkpoints (0: keep all)", min=0)
     initial_load_path: str = option("", "model-only checkpoint to start from when the run folder has none "
                                     "(e.g. converted TinyLlama weights)")
-    async_save: bool = option(False, "save in the background on CUDA (dcp.async_save); published at the next save or the end")
+    async_save: bool = option(False, "save in the background (dcp.async_save): training goes on once the state is "
+                              "copied; the checkpoint is published when the next save starts or training ends")
     export_dtype: str = option("", "at the end, also export model-only weights in this dtype to "
                                "<run folder>/checkpoints/step-<N>-model", choices=("", "float32", "bfloat16", "float16"))
 

@@ -6,8 +6,12 @@ import time
 
 
 class Progress:
-    def __init__(self, what: str, total: int | None = None, unit: str = "items", interval_s: float | None = None):
-        self.what, self.total, self.unit = what, total, unit
+    """`rates` names the counters shown per second too (default: the first counter, or the units
+    when there is none)."""
+
+    def __init__(self, what: str, total: int | None = None, unit: str = "items", interval_s: float | None = None,
+                 rates: tuple[str, ...] | None = None):
+        self.what, self.total, self.unit, self.rates = what, total, unit, rates
         self.done = 0
         self.counters: dict[str, float] = {}
         self._tty = sys.stderr.isatty()
@@ -31,11 +35,17 @@ class Progress:
         elapsed = max(time.monotonic() - self._start, 1e-9)
         count = f"{self.done:,}" + (f"/{self.total:,}" if self.total is not None else "")
         parts = [f"{count} {self.unit}"]
-        parts += [f"{value:,.0f} {name}" for name, value in self.counters.items()]
-        rate_name, rate_value = next(iter(self.counters.items()), (self.unit, self.done))
-        parts.append(f"{rate_value / elapsed:,.0f} {rate_name}/s")
+        parts += [f"{_number(value)} {name}" for name, value in self.counters.items()]
+        for name in self.rates or [next(iter(self.counters), self.unit)]:
+            value = self.done if name == self.unit else self.counters.get(name, 0)
+            parts.append(f"{_number(value / elapsed)} {name}/s")
         line = f"{self.what}: " + ", ".join(parts) + f" [{elapsed:.1f}s]"
         if self._tty:
             print("\r" + line + ("\n" if final else ""), end="", file=sys.stderr, flush=True)
         else:
             print(line, file=sys.stderr, flush=True)
+
+
+def _number(value: float) -> str:
+    """Whole numbers with thousands separators; one decimal for small fractional ones (0.4 MB)."""
+    return f"{value:,.1f}" if value != int(value) and abs(value) < 100 else f"{value:,.0f}"
