@@ -108,3 +108,18 @@ def test_help_lists_every_key_with_type_default_and_doc():
             assert len(lines) == 1, f"{section.name}.{key.name} missing from --help"
             assert f"({_type_name(key)}, default " in lines[0]
             assert key.metadata["doc"] in lines[0]
+
+
+def test_tinyllama_recipe_carries_the_published_hyperparameters():
+    from tinytitan.train import gradient_accumulation_steps
+
+    for recipe, ranks, accumulation in (("tinyllama_1b.toml", 16, 8), ("tinyllama_1b_1gpu.toml", 1, 128)):
+        config = load_config([f"--job.config_file=train_configs/{recipe}"])
+        t, o, s = config.training, config.optimizer, config.lr_scheduler
+        assert (config.model.flavor, t.seq_len, t.global_batch_tokens, t.steps) == ("tinyllama_1b", 2048, 2_097_152, 1_430_512)
+        assert t.steps * t.global_batch_tokens >= 3e12 > (t.steps - 1) * t.global_batch_tokens  # 3T tokens
+        assert (o.lr, s.min_lr, s.warmup_steps, s.decay_type) == (4e-4, 4e-5, 2000, "cosine")
+        assert (o.weight_decay, o.beta1, o.beta2, t.max_norm) == (0.1, 0.9, 0.95, 1.0)
+        assert [(d.name, d.weight) for d in config.data.sources] == [("slimpajama", 0.693584), ("starcoder", 0.306416)]
+        assert config.checkpoint.interval == 5000 and t.mixed_precision == "bf16" and config.compile.enable
+        assert gradient_accumulation_steps(config, ranks) == accumulation

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO_ROOT, run_command
 from test_checkpoint import finish, launch, losses, overrides, wait_for_checkpoint
+from tinytitan.checkpoint import published_steps
 from tinytitan.config import load_config
 from tinytitan.train import train
 
@@ -78,3 +79,15 @@ def test_a_killed_worker_is_restarted_and_resumes_from_the_last_checkpoint(tmp_p
     output = finish(process)
     assert "resumed from" in output
     assert sorted(losses(tmp_path / "debug"))[-1] == 20
+
+
+def test_sigterm_to_torchrun_reaches_the_workers_which_save(tmp_path, corpus_cache):
+    """What a cluster does before a time limit: the signal goes to torchrun, which passes it on."""
+    args = overrides(tmp_path, corpus_cache, "--data.num_workers=0", "--checkpoint.interval=5", "--training.steps=200")
+    process = launch(args, ranks=2)
+    wait_for_checkpoint(tmp_path / "debug", 5, process, timeout=240)
+    process.send_signal(signal.SIGTERM)  # run_train.sh exec'd torchrun: this is torchrun
+    output, _ = process.communicate(timeout=120)
+    assert "preempted: stopping after step" in output
+    stopped = int(output.split("preempted: stopping after step ")[1].split()[0])
+    assert stopped < 200 and published_steps(tmp_path / "debug/checkpoints")[-1] == stopped
