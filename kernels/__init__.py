@@ -1,6 +1,9 @@
 """Building blocks of the Llama layers, one file each, installed as `tinytitan.kernels`.
 
-Each file holds a plain-PyTorch reference that the model calls and the tests use as the oracle;
-fused Triton versions come beside them. The folder is not installed under the bare name `kernels`,
-which belongs to an unrelated Hugging Face package that `transformers` probes for.
+Each file holds a plain-PyTorch reference that the model calls and the tests use as the oracle,
+and beside it a fused Triton version registered as a `torch.library` custom op (namespace
+`tinytitan`), so that `torch.compile(fullgraph=True)` traces through it; `_common.py` holds what
+they share (input guards, launch sizes, the optional Triton import). The folder is not installed
+under the bare name `kernels`, which belongs to an unrelated Hugging Face package that
+`transformers` probes for.
 """

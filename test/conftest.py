@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without CUDA the Triton kernels run under the Triton interpreter, which triton only honours if it
+# is chosen before triton is first imported (importing torch does not import it).
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The real Llama 2 tokenizer lives beside the checkout and is never committed into it.
 LLAMA2_TOKENIZER = Path(os.environ.get("TINYTITAN_LLAMA2_TOKENIZER", REPO_ROOT.parent / "shared/assets/llama2-tokenizer.model"))

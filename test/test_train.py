@@ -102,3 +102,24 @@ def test_bad_setups_are_user_errors(tmp_path, corpus_cache, builtin_corpus, over
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
     with pytest.raises(UserError, match="tokenizer of 32000 pieces: expected at most the model's vocab_size 4096"):
         train(debug_config(tmp_path, tmp_path / "cache", "--training.steps=1", f"--data.tokenizer_path={LLAMA2_TOKENIZER}"))
+
+
+def test_triton_kernels_train_like_the_torch_references(tmp_path, corpus_cache):
+    """Under the Triton interpreter (set by conftest on CPU): a few steps of the debug model."""
+    def run(kernels):
+        records = train(debug_config(tmp_path, corpus_cache, "--training.steps=3", "--training.seq_len=32",
+                                     "--training.micro_batch_size=4", "--training.global_batch_tokens=128",
+                                     "--data.num_workers=0", "--validation.eval_freq=0", f"--model.kernels={kernels}"))
+        return [record["loss"] for record in records], [record["grad_norm"] for record in records]
+
+    torch_losses, torch_norms = run("torch")
+    triton_losses, triton_norms = run("triton")
+    assert triton_losses == pytest.approx(torch_losses, rel=1e-5)
+    assert triton_norms == pytest.approx(torch_norms, rel=1e-4)
+    assert torch_losses[2] != torch_losses[0]
+
+
+def test_triton_kernels_on_cpu_need_the_interpreter(tmp_path, corpus_cache, monkeypatch):
+    monkeypatch.setattr("tinytitan.kernels._common.INTERPRET", False)
+    with pytest.raises(UserError, match="model.kernels = \"triton\": the device is cpu"):
+        train(debug_config(tmp_path, corpus_cache, "--training.steps=1", "--model.kernels=triton"))

@@ -45,6 +45,8 @@ class Job:
 @dataclass
 class Model:
     flavor: str = option("debug", "named model size", choices=tuple(FLAVORS))
+    kernels: str = option("auto", "RMSNorm, rotary, SwiGLU and loss: fused Triton kernels or plain PyTorch; auto: "
+                          "triton on CUDA, torch on CPU", choices=("auto", "triton", "torch"))
 
 
 @dataclass

@@ -62,11 +62,24 @@ def start_run_folder(config: JobConfig, env: ParallelEnv) -> Path:
     return run_dir
 
 
+def select_kernels(choice: str, device: torch.device) -> str:
+    """Triton on CUDA (when installed), PyTorch elsewhere; Triton on a CPU only under its interpreter."""
+    from tinytitan.kernels._common import INTERPRET, triton
+
+    if choice == "auto":
+        return "triton" if device.type == "cuda" and triton is not None else "torch"
+    if choice == "triton" and (triton is None or (device.type != "cuda" and not INTERPRET)):
+        why = "Triton is not installed" if triton is None else f"the device is {device.type}"
+        raise UserError(f"model.kernels = \"triton\": {why}: expected a CUDA device with Triton "
+                        "(or TRITON_INTERPRET=1, the slow interpreter used by the tests)")
+    return choice
+
+
 def build_training_model(args: ModelArgs, config: JobConfig, env: ParallelEnv) -> torch.nn.Module:
     """Initialise the full model identically on every rank (so any number of ranks starts from the
     same weights), then checkpoint activations, compile blocks, and shard."""
     torch.manual_seed(config.training.seed)
-    model = build_model(args, env.device)
+    model = build_model(args, env.device, select_kernels(config.model.kernels, env.device))
     apply_activation_checkpointing(model, config.activation_checkpoint.mode, config.activation_checkpoint.selective_every)
     if config.compile.enable:
         apply_compile(model)
@@ -166,7 +179,8 @@ def _train(config: JobConfig, env: ParallelEnv) -> list[dict[str, float]]:
     throughput = Throughput(flops_per_token(args, count_parameters(model, exclude_embedding=True), t.seq_len),
                             peak_flops(env.device))
     if env.is_main:
-        print(f"model {config.model.flavor}: {count_parameters(model):,} parameters, {env.world_size} rank(s) on "
+        print(f"model {config.model.flavor}: {count_parameters(model):,} parameters, "
+              f"{select_kernels(config.model.kernels, env.device)} kernels, {env.world_size} rank(s) on "
               f"{env.device.type}; data: {data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x "
               f"{t.seq_len} tokens per rank per step", flush=True)
     autocast, max_norm = autocast_context(config, env.device), t.max_norm or math.inf  # inf: measure, clip nothing

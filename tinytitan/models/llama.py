@@ -3,10 +3,13 @@
 Build it on the meta device, then `to_empty(device=...)` and `init_weights()`: no memory or time is
 spent on a first random initialisation that would be thrown away, so a 1.1B model starts in
 seconds. Parameter names follow TorchTitan; `hf_adapter.py` maps them to `transformers`' names.
+The layers' arithmetic (RMSNorm, rotary, SwiGLU, the loss) comes from one `Kernels` set: the
+plain-PyTorch references or the fused Triton kernels, chosen when the model is built.
 """
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tinytitan.errors import UserError
-from tinytitan.kernels.cross_entropy import cross_entropy_reference
-from tinytitan.kernels.rmsnorm import rms_norm_reference
-from tinytitan.kernels.rotary import rotary_reference, rotary_tables
-from tinytitan.kernels.swiglu import swiglu_reference
+from tinytitan.kernels import cross_entropy, rmsnorm, rotary, swiglu
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,30 @@ FLAVORS: dict[str, ModelArgs] = {
 }
 
 
+@dataclass(frozen=True)
+class Kernels:
+    rms_norm: Callable  # (x, weight, eps)
+    rotary: Callable  # (x [batch, seq, heads, head_dim], cos, sin)
+    swiglu: Callable  # (gate, up)
+    linear_cross_entropy: Callable  # (hidden [tokens, dim], weight [vocab, dim], labels [tokens]): mean loss
+
+
+KERNELS = {
+    "torch": Kernels(rmsnorm.rms_norm_reference, rotary.rotary_reference, swiglu.swiglu_reference,
+                     cross_entropy.linear_cross_entropy_reference),
+    "triton": Kernels(rmsnorm.rms_norm_triton, rotary.rotary_triton, swiglu.swiglu_triton,
+                      cross_entropy.linear_cross_entropy_triton),
+}
+
+
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, kernels: Kernels = KERNELS["torch"]):
         super().__init__()
-        self.eps = eps
+        self.eps, self.kernels = eps, kernels
         self.weight = nn.Parameter(torch.empty(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm_reference(x, self.weight, self.eps)
+        return self.kernels.rms_norm(x, self.weight, self.eps)
 
     def init_weights(self):
         nn.init.ones_(self.weight)
@@ -73,8 +89,9 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """Grouped-query attention: n_kv_heads key/value heads shared by n_heads query heads."""
 
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, kernels: Kernels):
         super().__init__()
+        self.kernels = kernels
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
@@ -86,7 +103,7 @@ class Attention(nn.Module):
         q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)
-        q, k = rotary_reference(q, cos, sin), rotary_reference(k, cos, sin)
+        q, k = self.kernels.rotary(q, cos, sin), self.kernels.rotary(k, cos, sin)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
             is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads,
@@ -102,14 +119,15 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU MLP: w2(silu(w1 x) * w3 x)."""
 
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, kernels: Kernels):
         super().__init__()
+        self.kernels = kernels
         self.w1 = nn.Linear(args.dim, args.ffn_hidden_dim, bias=False)  # gate
         self.w3 = nn.Linear(args.dim, args.ffn_hidden_dim, bias=False)  # up
         self.w2 = nn.Linear(args.ffn_hidden_dim, args.dim, bias=False)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(swiglu_reference(self.w1(x), self.w3(x)))
+        return self.w2(self.kernels.swiglu(self.w1(x), self.w3(x)))
 
     def init_weights(self, init_std: float, out_std: float):
         nn.init.normal_(self.w1.weight, mean=0.0, std=init_std)
@@ -118,12 +136,12 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, kernels: Kernels):
         super().__init__()
-        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.attention = Attention(args)
-        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
-        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps, kernels)
+        self.attention = Attention(args, kernels)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps, kernels)
+        self.feed_forward = FeedForward(args, kernels)
         # Set by parallel.apply_activation_checkpointing: recompute this block's activations in
         # backward. A flag rather than a wrapper module, so parameter names do not change.
         self.checkpoint_activations = False
@@ -144,17 +162,33 @@ class TransformerBlock(nn.Module):
         self.feed_forward.init_weights(init_std, out_std)
 
 
+class OutputHead(nn.Linear):
+    """The output projection, which also computes the loss when given labels. The loss is taken
+    inside this module's forward so that, when FSDP shards the weight, it is the gathered weight
+    that the fused kernel sees (and the [tokens, vocab] logits need never exist)."""
+
+    def __init__(self, dim: int, vocab_size: int, kernels: Kernels):
+        super().__init__(dim, vocab_size, bias=False)
+        self.kernels = kernels
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            return super().forward(h)
+        return self.kernels.linear_cross_entropy(h.flatten(0, -2), self.weight, labels.flatten())
+
+
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, kernels: str = "torch"):
         super().__init__()
         self.args = args
+        chosen = KERNELS[kernels]
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         # A dict keyed by layer index keeps parameter names stable when layers are wrapped or split.
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(args) for i in range(args.n_layers)})
-        self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(args, chosen) for i in range(args.n_layers)})
+        self.norm = RMSNorm(args.dim, args.norm_eps, chosen)
+        self.output = OutputHead(args.dim, args.vocab_size, chosen)
         # Derived from the arguments, so not saved in checkpoints (persistent=False).
-        cos, sin = rotary_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+        cos, sin = rotary.rotary_tables(args.head_dim, args.max_seq_len, args.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -167,10 +201,7 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
             h = layer(h, cos, sin)
-        logits = self.output(self.norm(h))
-        if labels is None:
-            return logits
-        return cross_entropy_reference(logits, labels)
+        return self.output(self.norm(h), labels)
 
     @torch.no_grad()
     def init_weights(self):
@@ -184,15 +215,15 @@ class Transformer(nn.Module):
             layer.init_weights(init_std, out_std)
         self.norm.init_weights()
         nn.init.normal_(self.output.weight, mean=0.0, std=init_std)
-        cos, sin = rotary_tables(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=self.rope_cos.device)
+        cos, sin = rotary.rotary_tables(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=self.rope_cos.device)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
 
-def build_model(args: ModelArgs, device: torch.device | str) -> Transformer:
+def build_model(args: ModelArgs, device: torch.device | str, kernels: str = "torch") -> Transformer:
     """Build on meta, materialise on `device` and initialise (seed the default generator first)."""
     with torch.device("meta"):
-        model = Transformer(args)
+        model = Transformer(args, kernels)
     model.to_empty(device=device)
     model.init_weights()
     return model

@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Forward + backward time and peak memory of each fused kernel against the alternatives.
+
+For RMSNorm, SwiGLU, rotary (q and k) and the fused output projection + loss, at TinyLlama's
+shapes in bf16 (16384 tokens, dim 2048, ffn 5632, 32 query / 4 key-value heads of 64, vocabulary
+32000), it times forward + backward (median of --iters, CUDA events) of:
+  triton   ours (tinytitan.kernels.*_triton)
+  eager    the plain-PyTorch reference
+  compile  torch.compile of the reference
+  liger    Liger-Kernel's version, when liger_kernel is installed
+and prints one Markdown table: time, the peak memory above what the inputs hold, effective GB/s of
+the memory-bound kernels (the least traffic fwd + bwd must move, over the time) as a share of a
+measured device-to-device copy, and TFLOP/s of the loss (6 x tokens x vocab x dim).
+
+Without CUDA it runs a smoke version (tiny shapes, Triton interpreter, 2 iterations) so that the
+script cannot rot; its numbers mean nothing.
+
+    python scripts/bench_kernels.py [--json results.json] [--iters 20] [--smoke]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+
+from tinytitan.kernels.cross_entropy import linear_cross_entropy_reference, linear_cross_entropy_triton  # noqa: E402
+from tinytitan.kernels.rmsnorm import rms_norm_reference, rms_norm_triton  # noqa: E402
+from tinytitan.kernels.rotary import rotary_reference, rotary_tables, rotary_triton  # noqa: E402
+from tinytitan.kernels.swiglu import swiglu_reference, swiglu_triton  # noqa: E402
+
+TINYLLAMA = dict(batch=8, seq=2048, dim=2048, ffn=5632, heads=32, kv_heads=4, head_dim=64, vocab=32000)
+SMOKE = dict(batch=2, seq=32, dim=64, ffn=96, heads=4, kv_heads=2, head_dim=16, vocab=300)
+EPS = 1e-5
+
+
+@dataclass
+class Case:
+    """One kernel: how to make its inputs (fresh leaves) and its upstream gradients, its
+    implementations, and the work that the throughput columns divide by the time."""
+    name: str
+    make_inputs: Callable[[], list]
+    make_upstream: Callable[[], list]
+    impls: dict[str, Callable] = field(default_factory=dict)
+    bytes_moved: int | None = None
+    flops: int | None = None
+
+
+def build_cases(shape: dict, device: str, dtype: torch.dtype, compile_backend: str) -> list[Case]:
+    tokens = shape["batch"] * shape["seq"]
+    dim, ffn, vocab = shape["dim"], shape["ffn"], shape["vocab"]
+    batch, seq, heads, kv_heads, head_dim = (shape[k] for k in ("batch", "seq", "heads", "kv_heads", "head_dim"))
+    size = torch.finfo(dtype).bits // 8
+
+    def leaf(*dims, scale=1.0, offset=0.0):
+        return (torch.randn(*dims, device=device) * scale + offset).to(dtype).requires_grad_()
+
+    def random(*dims):
+        return torch.randn(*dims, device=device).to(dtype)
+
+    cos, sin = rotary_tables(head_dim, seq, 10000.0, device=device)
+    labels = torch.randint(0, vocab, (tokens,), device=device)
+
+    rms = Case("rms_norm", lambda: [leaf(tokens, dim), leaf(dim, scale=0.1, offset=1.0)], lambda: [random(tokens, dim)],
+               {"triton": lambda x, w: rms_norm_triton(x, w, EPS), "eager": lambda x, w: rms_norm_reference(x, w, EPS)},
+               bytes_moved=5 * tokens * dim * size)  # x, y forward; dy, x, dx backward
+    swiglu = Case("swiglu", lambda: [leaf(tokens, ffn), leaf(tokens, ffn)], lambda: [random(tokens, ffn)],
+                  {"triton": swiglu_triton, "eager": swiglu_reference},
+                  bytes_moved=8 * tokens * ffn * size)  # gate, up, out forward; dy, gate, up, dgate, dup backward
+    rotary = Case("rotary", lambda: [leaf(batch, seq, heads, head_dim), leaf(batch, seq, kv_heads, head_dim)],
+                  lambda: [random(batch, seq, heads, head_dim), random(batch, seq, kv_heads, head_dim)],
+                  {"triton": lambda q, k: (rotary_triton(q, cos, sin), rotary_triton(k, cos, sin)),
+                   "eager": lambda q, k: (rotary_reference(q, cos, sin), rotary_reference(k, cos, sin))},
+                  bytes_moved=4 * tokens * (heads + kv_heads) * head_dim * size)  # in and out, both ways
+    loss = Case("linear_cross_entropy", lambda: [leaf(tokens, dim), leaf(vocab, dim, scale=dim ** -0.5)],
+                lambda: [None],
+                {"triton": lambda h, w: linear_cross_entropy_triton(h, w, labels),
+                 "eager": lambda h, w: linear_cross_entropy_reference(h, w, labels)},
+                flops=6 * tokens * vocab * dim)  # logits, d(hidden), d(weight)
+    cases = [rms, swiglu, rotary, loss]
+    add_compiled(cases, compile_backend)
+    add_liger(cases, cos, sin, labels)
+    return cases
+
+
+def add_liger(cases: list[Case], cos, sin, labels) -> None:
+    try:
+        from liger_kernel.transformers import functional as liger
+    except ImportError:
+        return
+    by_name = {case.name: case for case in cases}
+    by_name["rms_norm"].impls["liger"] = lambda x, w: liger.liger_rms_norm(x, w, EPS)
+    by_name["swiglu"].impls["liger"] = liger.liger_swiglu
+    # Liger's rope takes q and k as [batch, heads, seq, head_dim] and cos/sin as [1, seq, head_dim].
+    def liger_rope(q, k):
+        q_out, k_out = liger.liger_rope(q.transpose(1, 2), k.transpose(1, 2), cos[None], sin[None])
+        return q_out.transpose(1, 2), k_out.transpose(1, 2)
+
+    by_name["rotary"].impls["liger"] = liger_rope
+    by_name["linear_cross_entropy"].impls["liger"] = lambda h, w: liger.liger_fused_linear_cross_entropy(h, w, labels)
+
+
+def add_compiled(cases: list[Case], backend: str) -> None:
+    for case in cases:
+        case.impls["compile"] = torch.compile(case.impls["eager"], backend=backend)
+
+
+class Clock:
+    """Elapsed milliseconds of a callable: CUDA events on a GPU, perf_counter elsewhere."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+
+    def __call__(self, fn) -> float:
+        if not self.cuda:
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+
+
+def forward_backward(fn, inputs: list, upstream: list) -> None:
+    outputs = fn(*inputs)
+    outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
+    torch.autograd.backward(outputs, upstream)
+    for t in inputs:
+        t.grad = None
+
+
+def measure(case: Case, impl: str, clock: Clock, iters: int, warmup: int) -> dict:
+    fn, cuda = case.impls[impl], clock.cuda
+    inputs, upstream = case.make_inputs(), case.make_upstream()
+    run = lambda: forward_backward(fn, inputs, upstream)  # noqa: E731
+    for _ in range(warmup):  # compilation, autotuning, allocator growth
+        run()
+    peak_mib = None
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+    ms = statistics.median(clock(run) for _ in range(iters))
+    result = {"kernel": case.name, "implementation": impl, "ms": ms, "peak_mib": peak_mib}
+    if case.bytes_moved:
+        result["gb_per_s"] = case.bytes_moved / (ms * 1e-3) / 1e9
+    if case.flops:
+        result["tflop_per_s"] = case.flops / (ms * 1e-3) / 1e12
+    return result
+
+
+def copy_bandwidth(device: str, clock: Clock, n_bytes: int, iters: int) -> float:
+    """GB/s of a device-to-device copy, counting the read and the write."""
+    src = torch.empty(n_bytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    ms = statistics.median(clock(lambda: dst.copy_(src)) for _ in range(max(iters, 3)))
+    return 2 * n_bytes / (ms * 1e-3) / 1e9
+
+
+def markdown(rows: list[dict], copy_gb_per_s: float) -> str:
+    def number(value, digits=1):
+        return "-" if value is None else f"{value:,.{digits}f}"
+
+    eager_ms = {row["kernel"]: row["ms"] for row in rows if row["implementation"] == "eager" and "ms" in row}
+    lines = ["| kernel | implementation | fwd+bwd ms | vs eager | peak MiB | GB/s | % of copy | TFLOP/s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['kernel']} | {row['implementation']} | error: {row['error']} | | | | | |")
+            continue
+        speedup = eager_ms.get(row["kernel"], 0) / row["ms"] if row["ms"] else None
+        gb = row.get("gb_per_s")
+        lines.append(f"| {row['kernel']} | {row['implementation']} | {row['ms']:.3f} | {number(speedup, 2)}x | "
+                     f"{number(row['peak_mib'])} | {number(gb)} | {number(gb and 100 * gb / copy_gb_per_s)} | "
+                     f"{number(row.get('tflop_per_s'))} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes and 2 iterations (always so without CUDA)")
+    parser.add_argument("--iters", type=int, help="timed iterations per implementation (default 20; smoke 2)")
+    parser.add_argument("--warmup", type=int, help="untimed iterations first (default 5; smoke 1)")
+    parser.add_argument("--json", type=str, metavar="PATH", help="also write the results here")
+    args = parser.parse_args(argv)
+    args.smoke = args.smoke or not torch.cuda.is_available()
+    args.iters = args.iters or (2 if args.smoke else 20)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 5)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda" if cuda else "cpu"), torch.bfloat16
+    shape = SMOKE if args.smoke else TINYLLAMA
+    torch.manual_seed(0)
+    clock = Clock(cuda)
+    # On CPU the smoke run traces compile without generating C++: the path is kept, the minutes are not.
+    cases = build_cases(shape, device, dtype, "inductor" if cuda else "aot_eager")
+    copy_gb_per_s = copy_bandwidth(device, clock, 2**30 if cuda else 2**24, args.iters)
+
+    rows = []
+    for case in cases:
+        for impl in case.impls:
+            try:
+                rows.append(measure(case, impl, clock, args.iters, args.warmup))
+            except Exception as error:  # one failing implementation (out of memory, say) is a row, not the end
+                message = f"{type(error).__name__}: {error}".splitlines()[0][:200].replace("|", "/")
+                rows.append({"kernel": case.name, "implementation": impl, "error": message})
+            if cuda:
+                torch.cuda.empty_cache()
+
+    device_name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    what = "smoke run (numbers mean nothing)" if args.smoke else "TinyLlama shapes"
+    print(f"device: {device_name}; torch {torch.__version__}; {what}: {shape}; {dtype}; median of {args.iters}; "
+          f"device copy {copy_gb_per_s:,.0f} GB/s")
+    if not any("liger" in case.impls for case in cases):
+        print("Liger-Kernel is not installed: no liger rows")
+    print(markdown(rows, copy_gb_per_s))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name, "torch": torch.__version__, "smoke": args.smoke, "shape": shape,
+                       "dtype": str(dtype), "iters": args.iters, "copy_gb_per_s": copy_gb_per_s, "rows": rows},
+                      f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
