@@ -31,6 +31,9 @@ fi
 "$PYTHON" -m tinytitan.config --job.config_file="$CONFIG_FILE" "$@" || exit
 
 launch=(--nproc_per_node="$NGPU" --nnodes="$NNODES" --max-restarts="${MAX_RESTARTS:-0}")
+# Workers restarted by torchrun must not share the rendezvous store with the first attempt: it can
+# hand them their predecessors' addresses (pytorch/pytorch#135712).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 if [ -n "${RDZV_ENDPOINT:-}" ]; then
   launch+=(--rdzv_backend=c10d --rdzv_endpoint="$RDZV_ENDPOINT" --rdzv_id="${RDZV_ID:-tinytitan}")
 elif [ "$NNODES" = 1 ]; then

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Training throughput of tinytitan: tokens/s per device, MFU, step time and peak memory.
+"""Training throughput of tinytitan against the baseline a user would otherwise pick.
 
-Each variant is a set of config overrides run through the real training loop (`train()`) on
-synthetic tokens; the first --warmup steps (compilation, allocator growth) are left out of the
-averages. FLOPs per token = 6N + 12*L*d*T (N without the input embedding), MFU against the dense
-bf16 peak of `tinytitan.metrics.PEAK_BF16_FLOPS`; no MFU on CPU or an unknown GPU.
+Each variant of ours is a set of config overrides run through the real training loop (`train()`)
+on synthetic tokens. The variant named `transformers` is Hugging Face's LlamaForCausalLM of the
+same size (SDPA attention, AdamW, the same micro-batch, bf16 autocast on CUDA) on the same device,
+and every row reports its ratio to it. The first --warmup steps (compilation, allocator growth)
+are left out of the averages. FLOPs per token = 6N + 12*L*d*T (N without the input embedding),
+MFU against the dense bf16 peak of `tinytitan.metrics.PEAK_BF16_FLOPS`; no MFU on CPU or an
+unknown GPU.
 
     python scripts/bench_train.py                       # tinyllama_1b on CUDA, debug on CPU
     python scripts/bench_train.py --flavor debug --steps 5 --variant "mbs 4=--training.micro_batch_size=4"
@@ -20,6 +23,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -30,12 +34,14 @@ from tinytitan.metrics import PEAK_BF16_FLOPS, flops_per_token, peak_flops_of
 from tinytitan.models.llama import FLAVORS, Transformer, count_parameters
 from tinytitan.train import train
 
+BASELINE = "transformers"
 GPU_VARIANTS = [
-    "eager, mbs 4=--training.micro_batch_size=4",
-    "compile, mbs 4=--compile.enable --training.micro_batch_size=4",
-    "compile, mbs 8=--compile.enable --training.micro_batch_size=8",
+    "triton kernels + compile=--model.kernels=triton --compile.enable --training.micro_batch_size=8",
+    "torch kernels + compile=--model.kernels=torch --compile.enable --training.micro_batch_size=8",
+    "triton kernels, eager=--model.kernels=triton --training.micro_batch_size=8",
+    f"{BASELINE}=--training.micro_batch_size=8",
 ]
-CPU_VARIANTS = ["eager, mbs 4=--training.micro_batch_size=4"]
+CPU_VARIANTS = ["ours=--training.micro_batch_size=4", f"{BASELINE}=--training.micro_batch_size=4"]
 
 
 def parse_args(argv):
@@ -56,6 +62,42 @@ def parse_args(argv):
     return args
 
 
+def run_baseline(config, warmup: int, steps: int) -> list[dict]:
+    """Hugging Face's LlamaForCausalLM trained like ours: per-step tokens/s and peak memory."""
+    import transformers
+
+    from tinytitan.data.loader import DataLoader
+    from tinytitan.data.streams import SyntheticStream
+    from tinytitan.metrics import memory_gib
+    from tinytitan.models.hf_adapter import to_hf_config
+    from tinytitan.parallel import select_device
+
+    device, args = select_device(config.training.device), FLAVORS[config.model.flavor]
+    torch.manual_seed(config.training.seed)
+    hf_config = transformers.LlamaConfig(**to_hf_config(args), attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(hf_config).to(device).train()
+    o = config.optimizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                  weight_decay=o.weight_decay, fused=device.type == "cuda")
+    loader = DataLoader(SyntheticStream(args.vocab_size, config.training.seq_len, (config.training.seed,)),
+                        config.training.micro_batch_size, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    records = []
+    for _ in range(warmup + steps):
+        start = time.perf_counter()
+        inputs, _ = next(loader)
+        with autocast:
+            loss = model(input_ids=inputs, labels=inputs).loss  # transformers shifts the labels itself
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.max_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()  # waits for the device, as ours does on its (every-step) log lines
+        elapsed = time.perf_counter() - start
+        records.append({"loss": loss_value, "tokens_per_second": inputs.numel() / elapsed, "memory_gib": memory_gib(device)})
+    return records
+
+
 def run_variant(spec: str, args, log) -> dict:
     name, _, overrides = spec.partition("=")
     with tempfile.TemporaryDirectory() as folder:
@@ -69,7 +111,7 @@ def run_variant(spec: str, args, log) -> dict:
         result = {"name": name, "overrides": overrides, "micro_batch_size": micro_batch}
         try:
             with contextlib.redirect_stdout(log):
-                records = train(config)
+                records = run_baseline(config, args.warmup, args.steps) if name == BASELINE else train(config)
         except torch.OutOfMemoryError:
             return {**result, "error": "out of memory"}
         finally:
@@ -83,8 +125,9 @@ def run_variant(spec: str, args, log) -> dict:
         step_time_s=micro_batch * args.seq_len / tokens_per_second,
         peak_memory_gib=max(r["memory_gib"] for r in measured),
         loss_first=records[0]["loss"], loss_last=records[-1]["loss"])
-    if "mfu_percent" in measured[0]:
-        result["mfu_percent"] = statistics.mean(r["mfu_percent"] for r in measured)
+    peak = peak_flops_of(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+    if peak:
+        result["mfu_percent"] = 100 * tokens_per_second * args.flops_per_token / peak
     return result
 
 
@@ -107,15 +150,21 @@ def environment() -> dict:
 def markdown_table(report: dict) -> str:
     lines = [f"Training throughput, {report['flavor']} at seq {report['seq_len']}, {report['environment']['device']}, "
              f"torch {report['environment']['torch']}, {report['environment']['date']}",
-             "", "| variant | micro-batch | tokens/s/device | MFU | step time | peak memory |",
-             "|---|---|---|---|---|---|"]
+             "", f"| variant | micro-batch | tokens/s/device | vs {BASELINE} | MFU | step time | peak memory |",
+             "|---|---|---|---|---|---|---|"]
+    baseline = next((v for v in report["variants"] if v["name"] == BASELINE and "error" not in v), None)
     for v in report["variants"]:
         if "error" in v:
-            lines.append(f"| {v['name']} | {v['micro_batch_size']} | {v['error']} | | | |")
+            lines.append(f"| {v['name']} | {v['micro_batch_size']} | {v['error']} | | | | |")
             continue
         mfu = f"{v['mfu_percent']:.1f}%" if "mfu_percent" in v else "n/a"
-        lines.append(f"| {v['name']} | {v['micro_batch_size']} | {v['tokens_per_second']:,.0f} | {mfu} | "
+        ratio = f"{v['tokens_per_second'] / baseline['tokens_per_second']:.2f}x" if baseline else "n/a"
+        lines.append(f"| {v['name']} | {v['micro_batch_size']} | {v['tokens_per_second']:,.0f} | {ratio} | {mfu} | "
                      f"{v['step_time_s'] * 1000:.0f} ms | {v['peak_memory_gib']:.1f} GiB |")
+    lines.append("")
+    lines.append(f"FLOPs per token: {report['flop_formula']} = {report['flops_per_token'] / 1e9:.3f} GFLOP; "
+                 f"peak {report['peak_bf16_flops'] / 1e12:.0f} TFLOP/s" if report["peak_bf16_flops"] else
+                 f"FLOPs per token: {report['flop_formula']} = {report['flops_per_token'] / 1e9:.3f} GFLOP; no MFU (no known peak)")
     return "\n".join(lines) + "\n"
 
 
@@ -127,10 +176,11 @@ def main(argv) -> int:
     with torch.device("meta"):
         n_without_embedding = count_parameters(Transformer(model_args), exclude_embedding=True)
     env = environment()
+    args.flops_per_token = flops_per_token(model_args, n_without_embedding, args.seq_len)
     report = {
         "environment": env, "flavor": args.flavor, "seq_len": args.seq_len, "warmup_steps": args.warmup,
         "measured_steps": args.steps,
-        "flops_per_token": flops_per_token(model_args, n_without_embedding, args.seq_len),
+        "flops_per_token": args.flops_per_token,
         "flop_formula": "6*N + 12*L*d*T, N without the input embedding",
         "peak_bf16_flops": peak_flops_of(env["device"]) if torch.cuda.is_available() else None,
         "peak_table": dict(PEAK_BF16_FLOPS), "variants": [],

@@ -2,10 +2,12 @@
 # The one-shot GPU suite: for a machine with one NVIDIA GPU and no network, in under 8 minutes.
 #   scripts/gpu_suite.sh [OUT_DIR]     (default: $OUT when set, else outputs/gpu_suite)
 # 1. reports what is installed (and which pure-Python packages are missing),
-# 2. runs the whole test suite on CUDA (the GPU-marked tests included),
-# 3. trains tinyllama_1b (bf16, seq 2048) on synthetic tokens for a few variants,
-# then prints a Markdown summary and writes summary.md, environment.txt, pytest.log and
-# bench_train.json (device name, versions, date) into OUT_DIR.
+# 2. runs the test suite on CUDA (the GPU-marked tests first, then the rest),
+# 3. benchmarks the fused kernels at TinyLlama shapes (bench_kernels.py),
+# 4. trains tinyllama_1b (bf16, seq 2048) on synthetic tokens: our variants and transformers'
+#    LlamaForCausalLM (bench_train.py),
+# then prints a Markdown summary and writes summary.md, environment.txt, pytest.log,
+# bench_kernels.json and bench_train.json (device name, versions, date) into OUT_DIR.
 # Wheels of missing pure-Python packages may be carried in .whl/ (see the device notes); they are
 # installed into /tmp/tinytitan-site first. Without CUDA it dry-runs on the debug model.
 set -uo pipefail
@@ -43,20 +45,28 @@ if ! "$PYTHON" -c "import tinytitan.kernels" 2>/dev/null; then
     || { echo "gpu_suite: installing tinytitan failed, see $OUT_DIR/install.log"; tail -5 "$OUT_DIR/install.log"; }
 fi
 
-# 2. The tests, on CUDA.
+# 2. The tests, on CUDA: the GPU ones first, so that a slow rest cannot crowd them out.
 echo "== tests"
-timeout 180 "$PYTHON" -m pytest -q -p no:cacheprovider -ra test >"$OUT_DIR/pytest.log" 2>&1
+timeout 150 "$PYTHON" -m pytest -q -p no:cacheprovider -ra -m gpu test >"$OUT_DIR/pytest.log" 2>&1
 tests_status=$?
-tail -15 "$OUT_DIR/pytest.log"
+timeout 120 "$PYTHON" -m pytest -q -p no:cacheprovider -x -m "not gpu" test >>"$OUT_DIR/pytest.log" 2>&1 \
+  || tests_status=$((tests_status ? tests_status : 1))
+grep -E "passed|failed|error" "$OUT_DIR/pytest.log" | tail -4
 
-# 3. Training throughput.
+# 3. The kernels.
+echo "== kernels"
+timeout 90 "$PYTHON" scripts/bench_kernels.py --json "$OUT_DIR/bench_kernels.json" >"$OUT_DIR/bench_kernels.md" 2>"$OUT_DIR/bench_kernels.log"
+kernels_status=$?
+[ $kernels_status -ne 0 ] && tail -20 "$OUT_DIR/bench_kernels.log"
+
+# 4. Training throughput.
 echo "== training throughput"
 if "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-  bench_args=(--flavor tinyllama_1b --seq-len 2048 --warmup 5 --steps 15)
+  bench_args=(--flavor tinyllama_1b --seq-len 2048 --warmup 4 --steps 10)
 else
   bench_args=(--flavor debug --warmup 1 --steps 3)  # dry run on CPU
 fi
-timeout 300 "$PYTHON" scripts/bench_train.py "${bench_args[@]}" \
+timeout 240 "$PYTHON" scripts/bench_train.py "${bench_args[@]}" \
   --json "$OUT_DIR/bench_train.json" --markdown "$OUT_DIR/bench_train.md" 2>"$OUT_DIR/bench_train.log"
 bench_status=$?
 [ $bench_status -ne 0 ] && tail -20 "$OUT_DIR/bench_train.log"
@@ -68,10 +78,12 @@ bench_status=$?
   cat "$OUT_DIR/environment.txt"
   echo '```'
   echo
-  echo "Tests (exit $tests_status): $(tail -1 "$OUT_DIR/pytest.log")"
+  echo "Tests (exit $tests_status): $(grep -E "passed|failed" "$OUT_DIR/pytest.log" | tr '\n' ' ')"
   echo
-  cat "$OUT_DIR/bench_train.md" 2>/dev/null || echo "bench_train failed (exit $bench_status)"
+  [ $kernels_status -eq 0 ] && cat "$OUT_DIR/bench_kernels.md" || echo "bench_kernels failed (exit $kernels_status)"
+  echo
+  [ $bench_status -eq 0 ] && cat "$OUT_DIR/bench_train.md" || echo "bench_train failed (exit $bench_status)"
 } >"$OUT_DIR/summary.md"
 echo "== summary"
 cat "$OUT_DIR/summary.md"
-[ $tests_status -eq 0 ] && [ $bench_status -eq 0 ]
+[ $tests_status -eq 0 ] && [ $kernels_status -eq 0 ] && [ $bench_status -eq 0 ]
