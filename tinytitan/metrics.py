@@ -88,4 +88,8 @@ _FORMATS = {
 
 
 def _format(name: str, value: float) -> str:
+    if name.endswith("/loss"):  # val/<source>/loss, val/<source>/perplexity
+        return f"{name} {value:.4f}"
+    if name.endswith("/perplexity"):
+        return f"{name} {value:.2f}"
     return _FORMATS.get(name, name + " {:.4g}").format(value)
