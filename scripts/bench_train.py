@@ -78,7 +78,7 @@ def run_baseline(config, warmup: int, steps: int) -> list[dict]:
     model = transformers.LlamaForCausalLM(hf_config).to(device).train()
     o = config.optimizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                  weight_decay=o.weight_decay, fused=device.type == "cuda")
+                                  weight_decay=o.weight_decay, fused=device.type in ("cuda", "cpu"))  # as ours
     loader = DataLoader(SyntheticStream(args.vocab_size, config.training.seq_len, (config.training.seed,)),
                         config.training.micro_batch_size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

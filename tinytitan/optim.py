@@ -15,10 +15,12 @@ from tinytitan.config import LRScheduler, Optimizer
 
 
 def build_optimizer(model: nn.Module, config: Optimizer, device: torch.device) -> torch.optim.Optimizer:
-    # TinyLlama decays every parameter, norms and embeddings included; one group keeps that.
+    # TinyLlama decays every parameter, norms and embeddings included; one group keeps that. The
+    # fused kernel exists on CUDA and CPU (7x faster than the default loop for the debug model on
+    # CPU); `device` is where the parameters live.
     return torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
-        weight_decay=config.weight_decay, fused=device.type == "cuda",
+        weight_decay=config.weight_decay, fused=device.type in ("cuda", "cpu"),
     )
 
 
