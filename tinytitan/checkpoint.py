@@ -200,14 +200,16 @@ class Preemption:
         self.requested = False
         for signum in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(signum, self._note)
+        # The ranks agree on a CPU tensor over gloo: asking every step costs no GPU synchronisation.
+        self._group = dist.new_group(backend="gloo") if dist.is_initialized() else None
 
     def _note(self, signum, frame) -> None:
         self.requested = True
 
-    def agreed(self, device: torch.device) -> bool:
+    def agreed(self) -> bool:
         """Whether any rank was signalled: all ranks stop after the same step."""
-        if not dist.is_initialized():
+        if self._group is None:
             return self.requested
-        flag = torch.tensor([float(self.requested)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        flag = torch.tensor([int(self.requested)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flag.item())

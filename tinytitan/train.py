@@ -208,7 +208,7 @@ def _train(config: JobConfig, env: ParallelEnv) -> list[dict[str, float]]:
             else:
                 records.append({"step": step, **values})
             throughput.reset()  # evaluation time is not training throughput
-        preempted = preemption.agreed(env.device)
+        preempted = preemption.agreed()
         if checkpointer.due(step, t.steps) or (preempted and config.checkpoint.enable):
             checkpointer.save(step)
         if preempted:
