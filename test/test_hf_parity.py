@@ -68,6 +68,8 @@ def test_config_round_trips_through_a_transformers_config():
     ({"model_type": "llama", "hidden_size": 64}, "no 'num_attention_heads'"),
     ({**to_hf_config(ARGS), "head_dim": 32}, "head_dim=32: expected"),
     ({**to_hf_config(ARGS), "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
+    ({**to_hf_config(ARGS), "hidden_act": "gelu"}, "hidden_act='gelu': expected 'silu'"),
+    ({**to_hf_config(ARGS), "attention_bias": True}, "attention_bias=true: expected no biases"),
 ])
 def test_unsupported_configs_are_refused(config, message):
     with pytest.raises(UserError, match=message):

@@ -111,10 +111,12 @@ def _write_source(folder: Path, tokenizer: Tokenizer, splits: dict[str, list[lis
     return {split: entry["tokens"] for split, entry in entries.items()}
 
 
-def _cache_key(tokenizer_path: Path | None) -> str:
+def corpus_folder(cache_dir: str | Path, tokenizer_path: str | Path | None = None) -> Path:
+    """Where the corpus is (or will be) prepared: keyed by the format, the Python whose sources it
+    holds, and the tokenizer (its checksum, or "own" for the one trained here)."""
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
     tokenizer = "own" if tokenizer_path is None else Tokenizer(tokenizer_path).checksum()[:12]
-    return f"builtin-v{CORPUS_VERSION}-{python}-tok-{tokenizer}"
+    return Path(cache_dir).expanduser() / f"builtin-v{CORPUS_VERSION}-{python}-tok-{tokenizer}"
 
 
 def _tokenizer_for(folder: Path, prose: list[str], code: list[str], tokenizer_path: Path | None) -> Tokenizer:
@@ -153,7 +155,7 @@ def _build(folder: Path, tokenizer_path: Path | None) -> None:
 def prepare_builtin_corpus(cache_dir: str | Path, tokenizer_path: str | Path | None = None) -> BuiltinCorpus:
     """The built-in corpus from the cache, built there first if needed (seconds, progress shown)."""
     tokenizer_path = Path(tokenizer_path).expanduser() if tokenizer_path else None
-    folder = Path(cache_dir).expanduser() / _cache_key(tokenizer_path)
+    folder = corpus_folder(cache_dir, tokenizer_path)
     if not (folder / "corpus.json").is_file():
         print(f"built-in corpus: preparing it once in {folder}", file=sys.stderr, flush=True)
         staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")

@@ -106,6 +106,12 @@ def from_hf_config(config: dict) -> ModelArgs:
         raise UserError(f"config model_type={config.get('model_type')!r}: expected 'llama'")
     if config.get("tie_word_embeddings", False):
         raise UserError("config tie_word_embeddings=true: expected an untied output head, as in Llama 2")
+    # Llama variants that ModelArgs cannot describe are refused rather than imported wrong.
+    if config.get("hidden_act", "silu") != "silu":
+        raise UserError(f"config hidden_act={config['hidden_act']!r}: expected 'silu' (SwiGLU)")
+    for key in ("attention_bias", "mlp_bias"):
+        if config.get(key):
+            raise UserError(f"config {key}=true: expected no biases, as in Llama 2")
     try:
         n_heads = config["num_attention_heads"]
         args = ModelArgs(

@@ -73,6 +73,39 @@ KERNELS = {
 }
 
 
+class LayerKVCache:
+    """One layer's keys and values of the positions seen so far, for generation: each forward
+    appends its positions, and attention then looks at all of them."""
+
+    def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, device, dtype):
+        self.keys = torch.zeros(batch, max_len, n_kv_heads, head_dim, device=device, dtype=dtype)
+        self.values = torch.zeros_like(self.keys)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [batch, seq, n_kv_heads, head_dim]; return the keys and values of all positions so far."""
+        end = self.length + k.shape[1]
+        if end > self.keys.shape[1]:
+            raise ValueError(f"KV cache holds {self.keys.shape[1]} positions: cannot append up to {end}")
+        self.keys[:, self.length:end] = k
+        self.values[:, self.length:end] = v
+        self.length = end
+        return self.keys[:, :end], self.values[:, :end]
+
+
+class KVCache:
+    """Every layer's LayerKVCache. Pass it to `Transformer.forward` to feed a sequence in pieces:
+    each call continues at position `length`."""
+
+    def __init__(self, args: "ModelArgs", batch: int, max_len: int, device, dtype=torch.float32):
+        self.layers = [LayerKVCache(batch, max_len, args.n_kv_heads, args.head_dim, device, dtype)
+                       for _ in range(args.n_layers)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, kernels: Kernels = KERNELS["torch"]):
         super().__init__()
@@ -98,15 +131,21 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: LayerKVCache | None = None) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         q, k = self.kernels.rotary(q, cos, sin), self.kernels.rotary(k, cos, sin)
+        mask = None
+        if cache is not None:
+            k, v = cache.append(k, v)
+            # The queries are the last `seq` positions: each sees every earlier key and itself.
+            mask = torch.ones(seq, k.shape[1], dtype=torch.bool, device=x.device).tril(k.shape[1] - seq)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads,
+            attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv_heads != self.n_heads,
         )
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
 
@@ -146,13 +185,15 @@ class TransformerBlock(nn.Module):
         # backward. A flag rather than a wrapper module, so parameter names do not change.
         self.checkpoint_activations = False
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: LayerKVCache | None = None) -> torch.Tensor:
         if self.checkpoint_activations and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, cos, sin, use_reentrant=False)
-        return self._forward(x, cos, sin)
+            return checkpoint(self._forward, x, cos, sin, cache, use_reentrant=False)
+        return self._forward(x, cos, sin, cache)
 
-    def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin)
+    def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 cache: LayerKVCache | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
     def init_weights(self, init_std: float, out_std: float):
@@ -192,15 +233,18 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [batch, seq, vocab] for `tokens`; or, given `labels`, the mean loss over them."""
-        seq = tokens.shape[1]
-        if seq > self.args.max_seq_len:
-            raise ValueError(f"sequence of {seq} tokens is longer than max_seq_len={self.args.max_seq_len}")
-        cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Logits [batch, seq, vocab] for `tokens`; or, given `labels`, the mean loss over them.
+        With a `cache` (generation), `tokens` continue the positions it holds, and are added to it."""
+        start = cache.length if cache is not None else 0
+        end = start + tokens.shape[1]
+        if end > self.args.max_seq_len:
+            raise ValueError(f"sequence of {end} tokens is longer than max_seq_len={self.args.max_seq_len}")
+        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
         h = self.tok_embeddings(tokens)
-        for layer in self.layers.values():
-            h = layer(h, cos, sin)
+        for name, layer in self.layers.items():
+            h = layer(h, cos, sin, cache.layers[int(name)] if cache is not None else None)
         return self.output(self.norm(h), labels)
 
     @torch.no_grad()

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Import a Hugging Face Llama folder (e.g. a TinyLlama-1.1B release) as a model-only checkpoint.
+
+    python scripts/convert_hf_to_dcp.py TinyLlama-1.1B-intermediate-step-1431k-3T checkpoints/tinyllama
+    ./run_train.sh --model.flavor=tinyllama_1b --checkpoint.initial_load_path=checkpoints/tinyllama ...
+
+HF_DIR holds config.json and the weights: model.safetensors, pytorch_model.bin, or either sharded
+with its index. The config must describe a Llama 2 model (untied output head, plain rotary
+embeddings): it either matches one of our flavors, which is said, or the model arguments are
+derived from it and saved in OUT_DIR/model_args.json (generate.py and convert_dcp_to_hf.py read
+them; training needs a flavor). The tensors keep their dtype. OUT_DIR is a Distributed Checkpoint
+folder holding only the model, plus model_args.json and the tokenizer.model of HF_DIR if it has
+one; it is written under a temporary name and renamed when complete; an existing OUT_DIR is
+refused unless --overwrite.
+"""
+
+import argparse
+import shutil
+from pathlib import Path
+
+from tinytitan.data.tokenizer import Tokenizer
+from tinytitan.errors import UserError, run_entry_point
+from tinytitan.models.hf_io import (
+    MODEL_ARGS_FILE, DTYPE_NAMES, check_output_folder, matching_flavor, read_hf_model, save_dcp_model, staged_folder,
+    write_model_args_file,
+)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("hf_dir", type=Path, metavar="HF_DIR", help="Hugging Face LlamaForCausalLM folder")
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="model-only DCP checkpoint to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    return parser.parse_args(argv)
+
+
+def checked_tokenizer(hf_dir: Path, vocab_size: int) -> Path | None:
+    path = hf_dir / "tokenizer.model"
+    if not path.is_file():
+        return None
+    tokenizer = Tokenizer(path)
+    if tokenizer.vocab_size > vocab_size:
+        raise UserError(f"{path}: {tokenizer.vocab_size} pieces do not fit the model's vocabulary of {vocab_size}")
+    return path
+
+
+def main(argv: list[str]) -> None:
+    options = parse_args(argv)
+    hf_dir, out = options.hf_dir.expanduser(), options.out_dir.expanduser()
+    check_output_folder(out, options.overwrite, hf_dir)
+    args, tensors = read_hf_model(hf_dir)
+    flavor = matching_flavor(args)
+    tokenizer = checked_tokenizer(hf_dir, args.vocab_size)
+    with staged_folder(out) as staging:
+        save_dcp_model(tensors, staging)
+        write_model_args_file(staging, args, flavor)
+        if tokenizer:
+            shutil.copyfile(tokenizer, staging / "tokenizer.model")
+
+    parameters = sum(tensor.numel() for tensor in tensors.values())
+    dtypes = "/".join(sorted({DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in tensors.values()}))
+    if flavor:
+        model = (f"the config matches flavor {flavor!r}: start training from it with --model.flavor={flavor} "
+                 f"--checkpoint.initial_load_path={out}")
+    else:
+        model = (f"the config matches no flavor: model arguments derived from it ({args}), saved in "
+                 f"{out / MODEL_ARGS_FILE} for generate.py and convert_dcp_to_hf.py (training needs a flavor)")
+    tokenizer_note = "tokenizer.model copied" if tokenizer else f"no tokenizer.model in {hf_dir}: pass --tokenizer to the other scripts"
+    print(f"wrote {out}: {parameters:,} parameters in {dtypes}; {model}; {tokenizer_note}", flush=True)
+
+
+if __name__ == "__main__":
+    run_entry_point(main)

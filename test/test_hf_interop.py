@@ -1,0 +1,366 @@
+"""Hugging Face interop as a user meets it: a checkpoint trained on 2 ranks exported and loaded by
+transformers (weights, logits, tokenizer ids), Hugging Face folders imported and exported back bit
+for bit, generation against transformers' generate, and bad input refused in one line."""
+
+import io
+import json
+import shutil
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from conftest import LLAMA2_TOKENIZER, run_command, run_python
+from tinytitan.data.builtin_corpus import code_documents, prose_documents
+from tinytitan.data.tokenizer import Tokenizer
+from tinytitan.errors import UserError
+from tinytitan.generation import Sampling, generate
+from tinytitan.data.hf_tokenizer import write_hf_tokenizer
+from tinytitan.models.hf_adapter import to_hf_name
+from tinytitan.models.hf_io import load_model
+from tinytitan.models.llama import FLAVORS, KVCache, build_model
+
+transformers = pytest.importorskip("transformers")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+STEPS = 6
+# Two shared CPU cores: one thread per process is many times faster than two contending ones.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+EXPORT = "scripts/convert_dcp_to_hf.py"
+IMPORT = "scripts/convert_hf_to_dcp.py"
+GENERATE = "scripts/generate.py"
+
+# Prose and code with what tokenizers get wrong: indentation, whitespace runs, leading spaces,
+# tabs, CRLF, digits, non-Latin text, emoji (byte fallback) and special-token text inside code.
+MIXED_TEXTS = [
+    "Hello world\n    def f(x): return 1",
+    "  two leading spaces, trailing   ",
+    "class A:\n    def __init__(self):\n        self.x = [1, 22, 333]\n\n\treturn  {'a': 3.14}\r\n",
+    "if x:\n" + "".join(" " * n + "y\n" for n in range(40)),
+    "café naïve 日本語 🙂 — «quotes»",
+    "pattern = re.compile(r'(?P<s>\\w+)</s><unk>')",
+    " ",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def check_ok(result):
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def check_refused(result, message: str):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def leftovers(folder) -> list[str]:
+    """Temporary folders a conversion left behind."""
+    return [path.name for path in folder.iterdir() if ".tmp-" in path.name or ".old-" in path.name]
+
+
+def dcp_model(checkpoint, args) -> dict[str, torch.Tensor]:
+    """The model tensors of a checkpoint, read independently of the scripts."""
+    state = {"model": build_model(args, "cpu").state_dict()}
+    dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+    return state["model"]
+
+
+def hf_tensors(folder) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(safetensors_torch.load_file(str(file)))
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus_cache):
+    """The debug model trained a few steps on 2 ranks: its run folder and last checkpoint."""
+    root = tmp_path_factory.mktemp("run")
+    check_ok(run_command(
+        "./run_train.sh", f"--job.dump_folder={root}", f"--data.cache_dir={corpus_cache}", f"--training.steps={STEPS}",
+        "--training.seq_len=64", "--training.global_batch_tokens=512", "--training.micro_batch_size=4",
+        "--optimizer.lr=3e-3", "--lr_scheduler.warmup_steps=1", "--checkpoint.enable", f"--checkpoint.interval={STEPS}",
+        "--validation.eval_freq=0", "--data.num_workers=0", "--metrics.enable_tensorboard=false",
+        env={"NGPU": "2", **ONE_THREAD}))
+    checkpoint = root / "debug" / "checkpoints" / f"step-{STEPS}"
+    assert len(list(checkpoint.glob("*.distcp"))) == 2, "expected a checkpoint written by 2 ranks"
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "hf"
+    stdout = check_ok(run_python(EXPORT, str(trained), str(out), "--dtype", "fp32", env=ONE_THREAD))
+    return out, stdout
+
+
+def train_small_tokenizer(path, **settings):
+    """A 320-piece sentencepiece BPE trained on a little prose; Llama-style unless `settings` say otherwise."""
+    import sentencepiece as spm
+
+    lines = [line for doc in prose_documents()[:30] for line in doc.splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(**{
+        "sentence_iterator": iter(lines), "model_writer": model, "vocab_size": 320, "model_type": "bpe",
+        "byte_fallback": True, "split_digits": True, "remove_extra_whitespaces": False,
+        "allow_whitespace_only_pieces": True, "normalization_rule_name": "identity", "character_coverage": 0.98,
+        "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1, "minloglevel": 2, **settings})
+    path.write_bytes(model.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory):
+    """For the awkward-sized model below."""
+    return train_small_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")
+
+
+def awkward_hf_model(seed: int = 0):
+    """A random LlamaForCausalLM of awkward sizes (head_dim 16, 3 query heads per KV head, odd
+    vocabulary), with weights large enough that its logits are peaked: greedy choices are clear."""
+    config = transformers.LlamaConfig(
+        hidden_size=96, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, intermediate_size=200,
+        vocab_size=331, rms_norm_eps=1e-6, rope_theta=5000.0, max_position_embeddings=64, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.uniform_(0.5, 1.5) if name.endswith("norm.weight") else param.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def awkward_folder(tmp_path_factory, small_tokenizer):
+    """That model saved by transformers in safetensors shards, with the tokenizer.model beside it."""
+    folder = tmp_path_factory.mktemp("awkward") / "hf"
+    awkward_hf_model().save_pretrained(folder, max_shard_size="100KB")
+    shutil.copyfile(small_tokenizer, folder / "tokenizer.model")
+    assert (folder / "model.safetensors.index.json").is_file(), "expected a sharded save"
+    return folder
+
+
+# ---- export of a 2-rank training checkpoint ----
+
+def test_export_of_a_two_rank_checkpoint_loads_in_transformers_with_the_same_logits(trained, exported):
+    out, stdout = exported
+    assert f"wrote {out}" in stdout and "flavor 'debug'" in stdout and "float32" in stdout
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.model", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json"):
+        assert (out / name).is_file(), name
+
+    ours = dcp_model(trained, FLAVORS["debug"])
+    theirs = hf_tensors(out)
+    assert set(theirs) == {to_hf_name(name) for name in ours}
+    assert all(torch.equal(theirs[to_hf_name(name)], tensor) for name, tensor in ours.items())
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    assert type(hf).__name__ == "LlamaForCausalLM" and hf.dtype == torch.float32
+    assert hf.generation_config.eos_token_id == 2
+    model = build_model(FLAVORS["debug"], "cpu").eval()
+    model.load_state_dict(ours)
+    tokens = torch.randint(0, 4096, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = hf(tokens).logits, model(tokens)
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert expected.abs().max().item() > 0.1
+
+
+@pytest.mark.parametrize("which", ["exported", "llama2"])
+def test_hf_tokenizer_gives_the_ids_of_sentencepiece_on_prose_and_code(which, exported, tmp_path):
+    if which == "exported":
+        folder = exported[0]
+    else:
+        if not LLAMA2_TOKENIZER.is_file():
+            pytest.skip(f"no Llama 2 tokenizer at {LLAMA2_TOKENIZER}")
+        folder = tmp_path
+        write_hf_tokenizer(LLAMA2_TOKENIZER, folder, max_length=2048)
+    ours = Tokenizer(folder / "tokenizer.model")
+    theirs = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    texts = MIXED_TEXTS + prose_documents()[:25] + code_documents()[:25]
+    for text in texts:
+        ids = ours.encode(text)
+        assert theirs.encode(text, add_special_tokens=False) == ids, text[:200]
+        assert theirs.decode(ids) == ours.decode(ids)
+    assert theirs("x y").input_ids == ours.encode("x y", bos=True)  # <s> first, as in training
+    assert theirs.decode(ours.encode("x", bos=True, eos=True), skip_special_tokens=True) == "x"
+    assert (theirs.bos_token_id, theirs.eos_token_id) == (ours.bos_id, ours.eos_id)
+
+
+def test_a_tokenizer_whose_ids_cannot_be_reproduced_is_refused(tmp_path):
+    path = train_small_tokenizer(tmp_path / "nfkc.model", normalization_rule_name="nmt_nfkc")
+    with pytest.raises(UserError, match="expected a Llama-style sentencepiece model with the identity normalization"):
+        write_hf_tokenizer(path, tmp_path, max_length=64)
+    assert not (tmp_path / "tokenizer.json").exists()
+
+
+# ---- import, and the round trip ----
+
+def test_round_trip_hf_to_dcp_to_hf_is_bit_identical(awkward_folder, small_tokenizer, tmp_path):
+    imported, back = tmp_path / "dcp", tmp_path / "back"
+    stdout = check_ok(run_python(IMPORT, str(awkward_folder), str(imported), env=ONE_THREAD))
+    assert "matches no flavor" in stdout and "derived" in stdout
+    stdout = check_ok(run_python(EXPORT, str(imported), str(back), "--max-shard-size", "150KB", env=ONE_THREAD))
+    assert "model_args.json" in stdout and "320 pieces" in stdout
+
+    original, returned = hf_tensors(awkward_folder), hf_tensors(back)
+    assert len(list(back.glob("*.safetensors"))) > 1 and (back / "model.safetensors.index.json").is_file()
+    assert set(returned) == set(original)
+    for name, tensor in original.items():
+        assert returned[name].dtype == tensor.dtype and torch.equal(returned[name], tensor), name
+    before, after = (json.loads((folder / "config.json").read_text()) for folder in (awkward_folder, back))
+    config = transformers.AutoConfig.from_pretrained(back, local_files_only=True)
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+                "vocab_size", "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings"):
+        assert after[key] == before[key], key
+    assert config.rope_parameters["rope_theta"] == 5000.0
+    assert (back / "tokenizer.model").read_bytes() == small_tokenizer.read_bytes()
+
+
+def test_import_of_pytorch_bin_weights_keeps_their_dtype(tmp_path):
+    folder = tmp_path / "hf"
+    model = awkward_hf_model(seed=1).to(torch.bfloat16)
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    stdout = check_ok(run_python(IMPORT, str(folder), str(tmp_path / "dcp"), env=ONE_THREAD))
+    assert "bfloat16" in stdout and "no tokenizer.model" in stdout
+    metadata = dcp.FileSystemReader(str(tmp_path / "dcp")).read_metadata().state_dict_metadata
+    state = {"model": {name: torch.empty(value.size, dtype=value.properties.dtype)
+                       for name, value in ((key[len("model."):], value) for key, value in metadata.items())}}
+    dcp.load(state, checkpoint_id=str(tmp_path / "dcp"), no_dist=True)
+    original = model.state_dict()
+    assert {to_hf_name(name) for name in state["model"]} == set(original)
+    for name, tensor in state["model"].items():
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, original[to_hf_name(name)]), name
+
+
+def test_an_imported_export_matches_its_flavor_and_starts_a_run(trained, exported, corpus_cache, tmp_path):
+    imported = tmp_path / "imported"
+    stdout = check_ok(run_python(IMPORT, str(exported[0]), str(imported), env=ONE_THREAD))
+    assert "matches flavor 'debug'" in stdout and "--model.flavor=debug" in stdout
+    reference = dcp_model(trained, FLAVORS["debug"])
+    got = dcp_model(imported, FLAVORS["debug"])
+    assert all(torch.equal(got[name], tensor) for name, tensor in reference.items())
+    output = check_ok(run_command(
+        "./run_train.sh", f"--job.dump_folder={tmp_path / 'run'}", f"--data.cache_dir={corpus_cache}",
+        "--training.steps=1", "--training.seq_len=64", "--training.global_batch_tokens=256",
+        "--training.micro_batch_size=4", "--validation.eval_freq=0", "--data.num_workers=0",
+        "--metrics.enable_tensorboard=false", f"--checkpoint.initial_load_path={imported}", env=ONE_THREAD))
+    assert f"model initialised from {imported}" in output
+
+
+# ---- generation ----
+
+def test_kv_cache_gives_the_logits_of_a_full_recompute(awkward_folder):
+    model, _ = load_model(awkward_folder, "cpu", torch.float32)
+    tokens = torch.randint(0, 331, (2, 40), generator=torch.Generator().manual_seed(3))
+    cache = KVCache(model.args, 2, 40, "cpu")
+    with torch.no_grad():
+        full = model(tokens)
+        pieces = [model(tokens[:, start:end], cache=cache) for start, end in ((0, 17), (17, 20), (20, 21), (21, 40))]
+    assert cache.length == 40
+    # The same arithmetic in other kernels (masked attention over the cache): rounding differs.
+    assert (torch.cat(pieces, dim=1) - full).abs().max().item() <= 1e-4
+    assert full.abs().max().item() > 1.0
+    prompt = tokens[0, :5].tolist()
+    assert generate(model, prompt, 30, use_cache=True) == generate(model, prompt, 30, use_cache=False)
+
+
+def test_greedy_generation_equals_transformers_generate(awkward_folder, exported):
+    prompt = [1, 45, 7, 200, 33, 120]
+    for folder, prompt in ((awkward_folder, prompt), (exported[0], [1] + Tokenizer(exported[0] / "tokenizer.model").encode("The list"))):
+        ours, _ = load_model(folder, "cpu", torch.float32)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+        new = generate(ours, prompt, 40, eos_id=2)
+        expected = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                               max_new_tokens=40, do_sample=False, eos_token_id=2, pad_token_id=2)
+        assert new == expected[0, len(prompt):].tolist()
+        if folder == awkward_folder:
+            assert len(set(new)) > 5, "the random model should not repeat itself: the test would be weak"
+
+
+def test_generate_script_from_a_checkpoint_and_from_its_export(trained, exported):
+    tokenizer = Tokenizer(exported[0] / "tokenizer.model")
+    model, _ = load_model(trained, "cpu", torch.float32)
+    prompt = tokenizer.encode("The list of", bos=True)
+    greedy = tokenizer.decode(prompt + generate(model, prompt, 12, eos_id=tokenizer.eos_id))
+    result = run_python(GENERATE, str(trained), "--prompt", "The list of", "--max-new-tokens", "12", env=ONE_THREAD)
+    assert check_ok(result) == greedy + "\n"
+    assert "generated" in result.stderr and "tokens/s" in result.stderr
+
+    sampling = Sampling(temperature=1.0, top_p=0.9)
+    sampled = generate(model, prompt, 12, sampling, torch.Generator().manual_seed(7), eos_id=tokenizer.eos_id)
+    result = run_python(GENERATE, str(exported[0]), "--prompt", "The list of", "--max-new-tokens", "12",
+                        "--temperature", "1.0", "--top-p", "0.9", "--seed", "7", env=ONE_THREAD)
+    assert check_ok(result) == tokenizer.decode(prompt + sampled) + "\n"
+
+
+def test_top_p_keeps_only_the_most_likely_tokens():
+    from tinytitan.generation import choose_token
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    generator = torch.Generator().manual_seed(0)
+    drawn = {choose_token(logits, Sampling(1.0, 0.7), generator) for _ in range(200)}
+    assert drawn == {0, 1}  # 0.5 < 0.7, so the second is needed; the 0.8 reached then is enough
+    assert choose_token(logits, Sampling(0.0), None) == 0
+
+
+# ---- bad input ----
+
+def test_a_folder_that_is_not_a_checkpoint_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    check_refused(run_python(EXPORT, str(tmp_path), str(tmp_path.parent / "out-x"), env=ONE_THREAD), "not a checkpoint")
+    assert not (tmp_path.parent / "out-x").exists()
+
+
+def test_a_checkpoint_missing_a_rank_shard_is_refused(trained, tmp_path):
+    # In a run folder (copied with its config.toml), so that only the missing shard is wrong.
+    checkpoint = tmp_path / "debug" / "checkpoints" / trained.name
+    shutil.copytree(trained, checkpoint)
+    shutil.copyfile(trained.parent.parent / "config.toml", tmp_path / "debug" / "config.toml")
+    (checkpoint / "__1_0.distcp").unlink()
+    check_refused(run_python(EXPORT, str(checkpoint), str(tmp_path / "out"), env=ONE_THREAD), "__1_0.distcp missing")
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_a_checkpoint_of_another_flavor_and_one_without_a_run_folder_are_refused(trained, tmp_path):
+    check_refused(run_python(EXPORT, str(trained), str(tmp_path / "out"), "--flavor", "tinyllama_1b", env=ONE_THREAD),
+                  "do not fit the model of flavor 'tinyllama_1b'")
+    loose = tmp_path / "loose"
+    shutil.copytree(trained, loose)
+    check_refused(run_python(EXPORT, str(loose), str(tmp_path / "out"), env=ONE_THREAD), "pass --flavor")
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tie_word_embeddings": True}, "tie_word_embeddings=true"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0}}, "rope type 'linear'"),
+    ({"attention_bias": True}, "attention_bias=true"),
+])
+def test_an_hf_config_that_fits_no_model_is_refused(awkward_folder, tmp_path, change, message):
+    folder = tmp_path / "hf"
+    shutil.copytree(awkward_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    check_refused(run_python(IMPORT, str(folder), str(tmp_path / "out"), env=ONE_THREAD), message)
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_an_existing_output_folder_is_refused_unless_overwrite(trained, awkward_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    check_refused(run_python(IMPORT, str(awkward_folder), str(out), env=ONE_THREAD), "already exists")
+    check_refused(run_python(EXPORT, str(trained), str(out), env=ONE_THREAD), "already exists")
+    assert [path.name for path in out.iterdir()] == ["keep.txt"]
+    check_ok(run_python(IMPORT, str(awkward_folder), str(out), "--overwrite", env=ONE_THREAD))
+    assert (out / ".metadata").is_file() and not (out / "keep.txt").exists() and not leftovers(tmp_path)
