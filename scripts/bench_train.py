@@ -11,6 +11,8 @@ unknown GPU.
 
     python scripts/bench_train.py                       # tinyllama_1b on CUDA, debug on CPU
     python scripts/bench_train.py --flavor debug --steps 5 --variant "mbs 4=--training.micro_batch_size=4"
+
+Variants run on synthetic tokens unless their overrides name data, e.g. --data.dataset=builtin.
 """
 
 import argparse
@@ -39,6 +41,8 @@ GPU_VARIANTS = [
     "triton kernels + compile=--model.kernels=triton --compile.enable --training.micro_batch_size=8",
     "torch kernels + compile=--model.kernels=torch --compile.enable --training.micro_batch_size=8",
     "triton kernels, eager=--model.kernels=triton --training.micro_batch_size=8",
+    "triton + compile + full AC, mbs 16=--model.kernels=triton --compile.enable --activation_checkpoint.mode=full "
+    "--training.micro_batch_size=16",
     f"{BASELINE}=--training.micro_batch_size=8",
 ]
 # On a CPU the loader's worker processes would compete with the model for the few cores.
