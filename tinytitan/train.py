@@ -149,6 +149,25 @@ class Throughput:
         return values
 
 
+def add_record(records: list[dict], step: int, values: dict[str, float]) -> None:
+    """What a step logged: merged into that step's record when it has one (validation after training)."""
+    if records and records[-1]["step"] == step:
+        records[-1].update(values)
+    else:
+        records.append({"step": step, **values})
+
+
+def step_values(loss, grad_norm, lr: float, throughput: Throughput, device: torch.device) -> dict[str, float]:
+    """The numbers of a log line. `.item()` waits for the device: the only host synchronisation
+    of a step, and only on logging steps."""
+    values = {"loss": all_reduce_mean(loss).item(), "grad_norm": grad_norm.item(), "lr": lr,
+              **throughput.report(), "memory_gib": memory_gib(device)}
+    if not math.isfinite(values["loss"]):
+        raise RuntimeError(f"loss is {values['loss']} at this step: training diverged")
+    throughput.reset()
+    return values
+
+
 def train(config: JobConfig) -> list[dict[str, float]]:
     """Train as configured; returns what each log line showed (step, loss, grad_norm, lr, ...)."""
     env = init_parallel(config)
@@ -180,9 +199,9 @@ def _train(config: JobConfig, env: ParallelEnv) -> list[dict[str, float]]:
                             peak_flops(env.device))
     if env.is_main:
         print(f"model {config.model.flavor}: {count_parameters(model):,} parameters, "
-              f"{select_kernels(config.model.kernels, env.device)} kernels, {env.world_size} rank(s) on "
-              f"{env.device.type}; data: {data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x "
-              f"{t.seq_len} tokens per rank per step", flush=True)
+              f"{model.kernels_name} kernels, {env.world_size} rank(s) on {env.device.type}; data: "
+              f"{data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x {t.seq_len} tokens per rank "
+              "per step", flush=True)
     autocast, max_norm = autocast_context(config, env.device), t.max_norm or math.inf  # inf: measure, clip nothing
     records, start, first_step = [], time.perf_counter(), train_state.step + 1
     for step in range(first_step, t.steps + 1):
@@ -192,21 +211,13 @@ def _train(config: JobConfig, env: ParallelEnv) -> list[dict[str, float]]:
         train_state.step, train_state.tokens_seen = step, train_state.tokens_seen + t.global_batch_tokens
         throughput.tokens += accumulation * t.micro_batch_size * t.seq_len
         if step == first_step or step % config.metrics.log_freq == 0 or step == t.steps:
-            # .item() waits for the device: the only host sync of a step, and only on logging steps.
-            values = {"loss": all_reduce_mean(loss).item(), "grad_norm": grad_norm.item(), "lr": lr,
-                      **throughput.report(), "memory_gib": memory_gib(env.device)}
-            if not math.isfinite(values["loss"]):
-                raise RuntimeError(f"loss is {values['loss']} at step {step}")
+            values = step_values(loss, grad_norm, lr, throughput, env.device)
             logger.log(step, values)
-            records.append({"step": step, **values})
-            throughput.reset()
+            add_record(records, step, values)
         if validation and config.validation.eval_freq and step % config.validation.eval_freq == 0:
             values = evaluate(model, validation, config, env, autocast)
             logger.log(step, values)
-            if records and records[-1]["step"] == step:
-                records[-1].update(values)
-            else:
-                records.append({"step": step, **values})
+            add_record(records, step, values)
             throughput.reset()  # evaluation time is not training throughput
         preempted = preemption.agreed()
         if checkpointer.due(step, t.steps) or (preempted and config.checkpoint.enable):

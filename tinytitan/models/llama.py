@@ -221,7 +221,7 @@ class OutputHead(nn.Linear):
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs, kernels: str = "torch"):
         super().__init__()
-        self.args = args
+        self.args, self.kernels_name = args, kernels
         chosen = KERNELS[kernels]
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         # A dict keyed by layer index keeps parameter names stable when layers are wrapped or split.
