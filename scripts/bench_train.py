@@ -109,7 +109,7 @@ def run_variant(spec: str, args, log) -> dict:
         config = load_config([
             f"--model.flavor={args.flavor}", "--data.dataset=synthetic", f"--training.seq_len={args.seq_len}",
             f"--training.steps={args.warmup + args.steps}", "--metrics.log_freq=1", "--metrics.enable_tensorboard=false",
-            "--lr_scheduler.warmup_steps=2", f"--job.dump_folder={folder}", f"--job.name=bench",
+            "--lr_scheduler.warmup_steps=2", f"--job.dump_folder={folder}", "--job.name=bench",
             *overrides.split()])
         micro_batch = config.training.micro_batch_size
         config.training.global_batch_tokens = micro_batch * args.seq_len  # one micro-step per step
