@@ -174,8 +174,10 @@ def test_export_in_bf16_and_start_a_new_run_from_it(tmp_path, corpus_cache, unin
 
 
 def test_async_saves_publish_every_checkpoint_and_change_nothing(tmp_path, corpus_cache, uninterrupted):
-    finish(launch(overrides(tmp_path, corpus_cache, "--checkpoint.async_save")))
+    output = finish(launch(overrides(tmp_path, corpus_cache, "--checkpoint.async_save")))
     assert published_steps(tmp_path / "debug/checkpoints") == [10, 20]
+    # Published once written, while training goes on; not only when the next save starts.
+    assert output.index("checkpoint saved: ") < output.index("step     20 ")
     assert losses(tmp_path / "debug") == losses(uninterrupted)
     saved, reference = model_weights(tmp_path / "debug/checkpoints/step-20"), model_weights(uninterrupted / "checkpoints/step-20")
     assert all(torch.equal(saved[name], reference[name]) for name in reference)

@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from tinytitan.config import Checkpoint
 from tinytitan.errors import UserError
+from tinytitan.parallel import any_rank
 
 _STEP_FOLDER = re.compile(r"step-(\d+)")
 # A single process saves and loads without a process group on purpose; DCP warns about it.
@@ -115,8 +116,8 @@ def _load(state: dict, path: Path, what: str) -> None:
 
 
 class Checkpointer:
-    def __init__(self, folder: Path, config: Checkpoint, states: dict[str, Stateful]):
-        self.folder, self.config, self.states = folder, config, states
+    def __init__(self, folder: Path, config: Checkpoint, states: dict[str, Stateful], cpu_group=None):
+        self.folder, self.config, self.states, self.cpu_group = folder, config, states, cpu_group
         self._pending = None  # (step, future) of an async save not yet published
 
     def resume(self) -> int:
@@ -152,6 +153,11 @@ class Checkpointer:
             return
         dcp.save(self.states, checkpoint_id=str(staging), no_dist=not dist.is_initialized())
         self._publish(step)
+
+    def publish_finished(self) -> None:
+        """Publish an async save as soon as every rank has written its part (asked every step)."""
+        if self._pending and not any_rank(not self._pending[1].done(), self.cpu_group):
+            self.wait()
 
     def wait(self) -> None:
         """Finish and publish an async save still in flight."""
@@ -196,20 +202,14 @@ class Checkpointer:
 class Preemption:
     """SIGTERM or SIGUSR1 (a cluster's notice) asks the run to finish its step, save and exit 0."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, cpu_group=None):
+        self.requested, self.cpu_group = False, cpu_group
         for signum in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(signum, self._note)
-        # The ranks agree on a CPU tensor over gloo: asking every step costs no GPU synchronisation.
-        self._group = dist.new_group(backend="gloo") if dist.is_initialized() else None
 
     def _note(self, signum, frame) -> None:
         self.requested = True
 
     def agreed(self) -> bool:
         """Whether any rank was signalled: all ranks stop after the same step."""
-        if self._group is None:
-            return self.requested
-        flag = torch.tensor([int(self.requested)])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item())
+        return any_rank(self.requested, self.cpu_group)

@@ -138,7 +138,7 @@ class Checkpoint:
     initial_load_path: str = option("", "model-only checkpoint to start from when the run folder has none "
                                     "(e.g. converted TinyLlama weights)")
     async_save: bool = option(False, "save in the background (dcp.async_save): training goes on once the state is "
-                              "copied; the checkpoint is published when the next save starts or training ends")
+                              "copied; the checkpoint is published at the first step after every rank has written it")
     export_dtype: str = option("", "at the end, also export model-only weights in this dtype to "
                                "<run folder>/checkpoints/step-<N>-model", choices=("", "float32", "bfloat16", "float16"))
 

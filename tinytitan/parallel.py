@@ -27,6 +27,9 @@ class ParallelEnv:
     world_size: int
     device: torch.device
     mesh: DeviceMesh | None  # None in a single process
+    # gloo group for small agreements between ranks on CPU tensors, so that asking every step
+    # (was a rank signalled? has every rank finished its background save?) never syncs the GPU
+    cpu_group: dist.ProcessGroup | None = None
 
     @property
     def is_main(self) -> bool:
@@ -68,7 +71,7 @@ def init_parallel(config: JobConfig) -> ParallelEnv:
     else:
         dist.init_process_group("gloo")
     mesh = init_device_mesh(device.type, (replicate, shard), mesh_dim_names=("dp_replicate", "dp_shard"))
-    return ParallelEnv(dist.get_rank(), world_size, device, mesh)
+    return ParallelEnv(dist.get_rank(), world_size, device, mesh, dist.new_group(backend="gloo"))
 
 
 def close_parallel(env: ParallelEnv) -> None:
@@ -109,6 +112,15 @@ def apply_fsdp(model: Transformer, env: ParallelEnv, config: JobConfig, bf16: bo
     fully_shard(model.tok_embeddings, **options)
     fully_shard([model.norm, model.output], **options)
     fully_shard(model, **options)
+
+
+def any_rank(flag: bool, cpu_group: dist.ProcessGroup | None) -> bool:
+    """Whether `flag` is true on any rank (on all of them, negate in and out)."""
+    if cpu_group is None:
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=cpu_group)
+    return bool(value.item())
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

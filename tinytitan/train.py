@@ -191,9 +191,9 @@ def _train(config: JobConfig, env: ParallelEnv) -> list[dict[str, float]]:
     train_state = TrainState()
     checkpointer = Checkpointer(run_dir / "checkpoints", config.checkpoint, {
         "model": ModelState(model), "optimizer": OptimizerState(model, optimizer), "lr_scheduler": scheduler,
-        "dataloader": loader, "train_state": train_state, "rng": RNGState()})
+        "dataloader": loader, "train_state": train_state, "rng": RNGState()}, env.cpu_group)
     checkpointer.resume()
-    preemption = Preemption()
+    preemption = Preemption(env.cpu_group)
     logger = MetricsLogger(run_dir / "tb" if config.metrics.enable_tensorboard and env.is_main else None, quiet=not env.is_main)
     throughput = Throughput(flops_per_token(args, count_parameters(model, exclude_embedding=True), t.seq_len),
                             peak_flops(env.device))
@@ -219,6 +219,7 @@ def _train(config: JobConfig, env: ParallelEnv) -> list[dict[str, float]]:
             logger.log(step, values)
             add_record(records, step, values)
             throughput.reset()  # evaluation time is not training throughput
+        checkpointer.publish_finished()
         preempted = preemption.agreed()
         if checkpointer.due(step, t.steps) or (preempted and config.checkpoint.enable):
             checkpointer.save(step)
