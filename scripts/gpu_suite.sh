@@ -40,17 +40,14 @@ for name in ("triton", "numpy", "sentencepiece", "tensorboard", "torchdata", "tr
 EOF
 } 2>&1 | tee "$OUT_DIR/environment.txt"
 
-# The project itself, installed in place so that tinytitan.kernels maps to kernels/.
-if ! "$PYTHON" -c "import tinytitan.kernels" 2>/dev/null; then
-  "$PYTHON" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/install.log" 2>&1 \
-    || { echo "gpu_suite: installing tinytitan failed, see $OUT_DIR/install.log"; tail -5 "$OUT_DIR/install.log"; }
-fi
+# The project itself, from this checkout (tinytitan maps kernels/ by itself when not installed).
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 # 2. The GPU tests (the others run in CI, on CPU).
 echo "== tests"
 timeout 150 "$PYTHON" -m pytest -q -p no:cacheprovider -ra -m gpu test >"$OUT_DIR/pytest.log" 2>&1
 tests_status=$?
-grep -E "passed|failed|error" "$OUT_DIR/pytest.log" | tail -4
+grep -E "passed|failed|skipped|error" "$OUT_DIR/pytest.log" | tail -4
 
 # 3. The kernels.
 echo "== kernels"
@@ -77,7 +74,7 @@ bench_status=$?
   cat "$OUT_DIR/environment.txt"
   echo '```'
   echo
-  echo "Tests (exit $tests_status): $(grep -E "passed|failed" "$OUT_DIR/pytest.log" | tr '\n' ' ')"
+  echo "GPU tests (exit $tests_status): $(grep -E "passed|failed|skipped" "$OUT_DIR/pytest.log" | tail -1)"
   echo
   [ $kernels_status -eq 0 ] && cat "$OUT_DIR/bench_kernels.md" || echo "bench_kernels failed (exit $kernels_status)"
   echo
