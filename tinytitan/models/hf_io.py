@@ -26,15 +26,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 
+from tinytitan.config import JobConfig, load_config
+from tinytitan.data.builtin_corpus import corpus_folder
 from tinytitan.errors import UserError
 from tinytitan.kernels.rotary import rotary_tables
 from tinytitan.models.hf_adapter import from_hf_config, from_hf_name
 from tinytitan.models.llama import FLAVORS, ModelArgs, Transformer
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 # A single process loads without a process group on purpose; DCP warns about it.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -66,26 +63,21 @@ def flavor_args(name: str, what: str) -> ModelArgs:
     return FLAVORS[name]
 
 
-def run_config(checkpoint: Path) -> tuple[Path, dict] | None:
-    """The run folder's config.toml when `checkpoint` is <run>/checkpoints/step-<N>[-model]."""
+def run_config(checkpoint: Path) -> tuple[Path, JobConfig] | None:
+    """The run folder's config.toml (read as training reads it) when `checkpoint` is
+    <run>/checkpoints/step-<N>[-model]."""
     path = checkpoint.resolve().parent.parent / "config.toml"
     if checkpoint.resolve().parent.name != "checkpoints" or not path.is_file():
         return None
-    try:
-        return path, tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not a readable run config ({error})") from None
+    return path, load_config([f"--job.config_file={path}"])
 
 
-def run_tokenizer(config: dict) -> Path | None:
+def run_tokenizer(config: JobConfig) -> Path | None:
     """The tokenizer a run trained with: data.tokenizer_path, or the built-in corpus's own."""
-    data = config.get("data", {})
-    if data.get("tokenizer_path"):
-        return Path(data["tokenizer_path"]).expanduser()
-    if data.get("dataset", "builtin") == "builtin":
-        from tinytitan.data.builtin_corpus import corpus_folder  # where the run prepared its corpus
-
-        return corpus_folder(data.get("cache_dir", "~/.cache/tinytitan")) / "tokenizer.model"
+    if config.data.tokenizer_path:
+        return Path(config.data.tokenizer_path).expanduser()
+    if config.data.dataset == "builtin":
+        return corpus_folder(config.data.cache_dir) / "tokenizer.model"
     return None
 
 
@@ -109,8 +101,8 @@ def describe_checkpoint(checkpoint: Path, flavor: str | None = None, tokenizer: 
     args_file = checkpoint / MODEL_ARGS_FILE
     if flavor:
         args, args_from = flavor_args(flavor, "--flavor"), f"flavor {flavor!r} from --flavor"
-    elif run and run[1].get("model", {}).get("flavor"):
-        flavor = run[1]["model"]["flavor"]
+    elif run:
+        flavor = run[1].model.flavor
         args, args_from = flavor_args(flavor, f"{run[0]}: model.flavor"), f"flavor {flavor!r} from {run[0]}"
     elif args_file.is_file():
         args, flavor = read_model_args_file(args_file)
