@@ -52,8 +52,10 @@ def check_tensor(name: str, t, *, dtypes=FLOAT_DTYPES, ndim: int | None = None, 
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} is a {type(t).__name__}: expected a torch.Tensor")
     if _is_dtensor(t):
-        raise ValueError(f"{name} is a DTensor {tuple(t.shape)}: expected a plain tensor; call the kernel inside the "
-                         "forward of the FSDP-wrapped module that owns the parameter, where it is gathered")
+        raise ValueError(
+            f"{name} is a DTensor {tuple(t.shape)}: expected a plain tensor; call the kernel inside the "
+            "forward of the FSDP-wrapped module that owns the parameter, where it is gathered"
+        )
     if t.dtype not in dtypes:
         expected = " or ".join(str(d) for d in dtypes)
         raise ValueError(f"{name} has dtype {t.dtype}: expected {expected}")
@@ -62,8 +64,10 @@ def check_tensor(name: str, t, *, dtypes=FLOAT_DTYPES, ndim: int | None = None, 
     if min_ndim is not None and t.dim() < min_ndim:
         raise ValueError(f"{name} has shape {tuple(t.shape)}: expected at least {min_ndim} dimension(s)")
     if not (t.is_cuda or INTERPRET):
-        raise ValueError(f"{name} is on {t.device}: expected a CUDA tensor (without CUDA, set TRITON_INTERPRET=1 "
-                         "before triton is imported to run the kernels under the Triton interpreter)")
+        raise ValueError(
+            f"{name} is on {t.device}: expected a CUDA tensor (without CUDA, set TRITON_INTERPRET=1 "
+            "before triton is imported to run the kernels under the Triton interpreter)"
+        )
 
 
 def check_same_device(**tensors: torch.Tensor) -> None:

@@ -21,15 +21,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import (INDEX_DTYPES, check_same_device, check_tensor, jit, last_dim_contiguous, num_warps,
-                      require_triton, tl, triton)
+from ._common import (
+    INDEX_DTYPES,
+    check_same_device,
+    check_tensor,
+    jit,
+    last_dim_contiguous,
+    num_warps,
+    require_triton,
+    tl,
+    triton,
+)
 
 IGNORE_INDEX = -100
 _MAX_BLOCK_V = 4096  # vocabulary entries per step of a row's loop
 _MIN_GPU_CHUNK_ROWS = 4096  # see _chunk_rows
 
 
-def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def cross_entropy_reference(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Float32 mean loss over non-ignored labels; 0 (not NaN) when every label is ignored."""
     logits = logits.reshape(-1, logits.shape[-1]).float()
     labels = labels.reshape(-1)
@@ -38,8 +49,9 @@ def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_i
     return total / count
 
 
-def linear_cross_entropy_reference(hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX,
-                                   z_loss: float = 0.0) -> Tensor:
+def linear_cross_entropy_reference(
+    hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, z_loss: float = 0.0
+) -> Tensor:
     """Cross-entropy of the logits hidden @ weight.T (made in hidden's dtype, as nn.Linear would),
     plus z_loss * logsumexp^2, both averaged over the non-ignored tokens; float32."""
     logits = (hidden @ weight.t()).float()
@@ -52,8 +64,9 @@ def linear_cross_entropy_reference(hidden: Tensor, weight: Tensor, labels: Tenso
 
 
 @jit
-def _logsumexp_loss_kernel(logits_ptr, labels_ptr, lse_ptr, loss_ptr, row_stride, vocab, ignore_index, z_loss,
-                           BLOCK_V: tl.constexpr):
+def _logsumexp_loss_kernel(
+    logits_ptr, labels_ptr, lse_ptr, loss_ptr, row_stride, vocab, ignore_index, z_loss, BLOCK_V: tl.constexpr
+):
     """Per row: lse = logsumexp(logits) and loss = lse - logits[label] + z_loss * lse^2 (0 if ignored)."""
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * row_stride
@@ -80,8 +93,19 @@ def _logsumexp_loss_kernel(logits_ptr, labels_ptr, lse_ptr, loss_ptr, row_stride
 
 
 @jit
-def _logits_grad_kernel(logits_ptr, labels_ptr, lse_ptr, scale_ptr, grad_ptr, logits_row_stride, grad_row_stride,
-                        vocab, ignore_index, z_loss, BLOCK_V: tl.constexpr):
+def _logits_grad_kernel(
+    logits_ptr,
+    labels_ptr,
+    lse_ptr,
+    scale_ptr,
+    grad_ptr,
+    logits_row_stride,
+    grad_row_stride,
+    vocab,
+    ignore_index,
+    z_loss,
+    BLOCK_V: tl.constexpr,
+):
     """grad = scale * (softmax * (1 + 2 z_loss lse) - onehot(label)), 0 on ignored rows. grad_ptr may
     be logits_ptr: each element is read before it is overwritten, by the same program."""
     row = tl.program_id(0).to(tl.int64)
@@ -105,17 +129,40 @@ def _row_losses(logits: Tensor, labels: Tensor, lse: Tensor, losses: Tensor, ign
     """Fill lse and losses (float32, one per row of the 2-D `logits`)."""
     n_rows, vocab = logits.shape
     block = _block_v(vocab)
-    _logsumexp_loss_kernel[(n_rows,)](logits, labels, lse, losses, logits.stride(0), vocab, ignore_index, z_loss,
-                                      BLOCK_V=block, num_warps=num_warps(block))
+    _logsumexp_loss_kernel[(n_rows,)](
+        logits,
+        labels,
+        lse,
+        losses,
+        logits.stride(0),
+        vocab,
+        ignore_index,
+        z_loss,
+        BLOCK_V=block,
+        num_warps=num_warps(block),
+    )
 
 
-def _logits_grad(logits: Tensor, labels: Tensor, lse: Tensor, scale: Tensor, out: Tensor, ignore_index: int,
-                 z_loss: float) -> None:
+def _logits_grad(
+    logits: Tensor, labels: Tensor, lse: Tensor, scale: Tensor, out: Tensor, ignore_index: int, z_loss: float
+) -> None:
     """Write d(loss)/d(logits) into `out` (which may be `logits` itself)."""
     n_rows, vocab = logits.shape
     block = _block_v(vocab)
-    _logits_grad_kernel[(n_rows,)](logits, labels, lse, scale, out, logits.stride(0), out.stride(0), vocab,
-                                   ignore_index, z_loss, BLOCK_V=block, num_warps=num_warps(block))
+    _logits_grad_kernel[(n_rows,)](
+        logits,
+        labels,
+        lse,
+        scale,
+        out,
+        logits.stride(0),
+        out.stride(0),
+        vocab,
+        ignore_index,
+        z_loss,
+        BLOCK_V=block,
+        num_warps=num_warps(block),
+    )
 
 
 def _inverse_count(labels: Tensor, ignore_index: int) -> Tensor:
@@ -142,8 +189,9 @@ def _chunk_rows(n_rows: int, vocab: int, dim: int, device: torch.device) -> int:
 
 
 @torch.library.custom_op("tinytitan::linear_cross_entropy", mutates_args=())
-def linear_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int, z_loss: float,
-                         compute_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+def linear_cross_entropy(
+    hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int, z_loss: float, compute_grad: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, d_hidden, d_weight): the float32 mean loss and, with compute_grad, its gradients
     (d_weight summed over chunks in float32); empty tensors in their place otherwise."""
     with torch.autocast(hidden.device.type, enabled=False):  # the chunk matmuls stay in hidden's dtype
@@ -154,8 +202,11 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, ignore_
         losses = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
         scale = _inverse_count(labels, ignore_index)
         d_hidden = torch.empty_like(hidden) if compute_grad else hidden.new_empty(0)
-        d_weight = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if compute_grad
-                    else weight.new_empty(0))
+        d_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if compute_grad
+            else weight.new_empty(0)
+        )
         logits = d_weight_chunk = None  # d_weight_chunk: a reused buffer for low-precision chunk products
 
         chunk = _chunk_rows(n_rows, vocab, dim, hidden.device)
@@ -204,8 +255,9 @@ def _linear_backward(ctx, d_loss, _d_hidden, _d_weight):
 linear_cross_entropy.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 
 
-def linear_cross_entropy_triton(hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX,
-                                z_loss: float = 0.0) -> Tensor:
+def linear_cross_entropy_triton(
+    hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, z_loss: float = 0.0
+) -> Tensor:
     """Mean cross-entropy (float32) of the logits hidden [N, dim] @ weight [vocab, dim].T against
     labels [N], plus z_loss * logsumexp^2 averaged the same way, without materialising the logits.
     0 with zero gradients when every label is `ignore_index`. Under autocast, hidden and weight
@@ -221,11 +273,15 @@ def linear_cross_entropy_triton(hidden: Tensor, weight: Tensor, labels: Tensor, 
     if weight.dtype != hidden.dtype:
         raise ValueError(f"weight has dtype {weight.dtype}: expected the dtype of hidden, {hidden.dtype}")
     if weight.shape[1] != hidden.shape[1]:
-        raise ValueError(f"weight has shape {tuple(weight.shape)}: expected [vocab, {hidden.shape[1]}], "
-                         f"the dim of hidden {tuple(hidden.shape)}")
+        raise ValueError(
+            f"weight has shape {tuple(weight.shape)}: expected [vocab, {hidden.shape[1]}], "
+            f"the dim of hidden {tuple(hidden.shape)}"
+        )
     if labels.shape[0] != hidden.shape[0]:
-        raise ValueError(f"labels has shape {tuple(labels.shape)}: expected ({hidden.shape[0]},), "
-                         f"one per row of hidden {tuple(hidden.shape)}")
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)}: expected ({hidden.shape[0]},), "
+            f"one per row of hidden {tuple(hidden.shape)}"
+        )
     _check_ignore_index(ignore_index)
     if not (isinstance(z_loss, (int, float)) and z_loss >= 0):
         raise ValueError(f"z_loss is {z_loss!r}: expected a non-negative number")
@@ -293,8 +349,10 @@ def cross_entropy_triton(logits: Tensor, labels: Tensor, ignore_index: int = IGN
     check_tensor("labels", labels, dtypes=INDEX_DTYPES)
     check_same_device(logits=logits, labels=labels)
     if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels has shape {tuple(labels.shape)}: expected {tuple(logits.shape[:-1])}, "
-                         f"the leading dimensions of logits {tuple(logits.shape)}")
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)}: expected {tuple(logits.shape[:-1])}, "
+            f"the leading dimensions of logits {tuple(logits.shape)}"
+        )
     _check_ignore_index(ignore_index)
     loss, _lse = cross_entropy_forward(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index)
     return loss

@@ -9,8 +9,17 @@ then one sum over programs).
 import torch
 from torch import Tensor
 
-from ._common import (check_same_device, check_tensor, jit, last_dim_contiguous, num_warps, persistent_programs,
-                      require_triton, tl, triton)
+from ._common import (
+    check_same_device,
+    check_tensor,
+    jit,
+    last_dim_contiguous,
+    num_warps,
+    persistent_programs,
+    require_triton,
+    tl,
+    triton,
+)
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -21,8 +30,7 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 
 
 @jit
-def _rms_norm_forward_kernel(x_ptr, weight_ptr, y_ptr, inv_rms_ptr, x_row_stride, n_cols, eps,
-                             BLOCK: tl.constexpr):
+def _rms_norm_forward_kernel(x_ptr, weight_ptr, y_ptr, inv_rms_ptr, x_row_stride, n_cols, eps, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)  # int64: row * stride can pass 2^31 on large inputs
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -36,8 +44,19 @@ def _rms_norm_forward_kernel(x_ptr, weight_ptr, y_ptr, inv_rms_ptr, x_row_stride
 
 
 @jit
-def _rms_norm_backward_kernel(dy_ptr, x_ptr, weight_ptr, inv_rms_ptr, dx_ptr, dweight_partial_ptr,
-                              n_rows, n_cols, dy_row_stride, x_row_stride, BLOCK: tl.constexpr):
+def _rms_norm_backward_kernel(
+    dy_ptr,
+    x_ptr,
+    weight_ptr,
+    inv_rms_ptr,
+    dx_ptr,
+    dweight_partial_ptr,
+    n_rows,
+    n_cols,
+    dy_row_stride,
+    x_row_stride,
+    BLOCK: tl.constexpr,
+):
     # Grid-stride over rows: each program keeps its own float32 partial sum of dW in registers.
     program = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -73,15 +92,18 @@ def rms_norm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Ten
     n_rows, n_cols = x2.shape
     if n_rows:
         block = triton.next_power_of_2(n_cols)
-        _rms_norm_forward_kernel[(n_rows,)](x2, weight.contiguous(), y, inv_rms, x2.stride(0), n_cols, eps,
-                                            BLOCK=block, num_warps=num_warps(block))
+        _rms_norm_forward_kernel[(n_rows,)](
+            x2, weight.contiguous(), y, inv_rms, x2.stride(0), n_cols, eps, BLOCK=block, num_warps=num_warps(block)
+        )
     return y, inv_rms
 
 
 @rms_norm_forward.register_fake
 def _(x, weight, eps):
-    return (x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype)),
-            x.new_empty(x.shape[:-1], dtype=torch.float32))
+    return (
+        x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype)),
+        x.new_empty(x.shape[:-1], dtype=torch.float32),
+    )
 
 
 @torch.library.custom_op("tinytitan::rms_norm_backward", mutates_args=())
@@ -94,9 +116,20 @@ def rms_norm_backward(dy: Tensor, x: Tensor, weight: Tensor, inv_rms: Tensor) ->
     dweight_partial = torch.zeros(programs, n_cols, dtype=torch.float32, device=x.device)
     if n_rows:
         block = triton.next_power_of_2(n_cols)
-        _rms_norm_backward_kernel[(programs,)](dy2, x2, weight.contiguous(), inv_rms.contiguous(), dx, dweight_partial,
-                                               n_rows, n_cols, dy2.stride(0), x2.stride(0),
-                                               BLOCK=block, num_warps=num_warps(block))
+        _rms_norm_backward_kernel[(programs,)](
+            dy2,
+            x2,
+            weight.contiguous(),
+            inv_rms.contiguous(),
+            dx,
+            dweight_partial,
+            n_rows,
+            n_cols,
+            dy2.stride(0),
+            x2.stride(0),
+            BLOCK=block,
+            num_warps=num_warps(block),
+        )
     return dx, dweight_partial.sum(dim=0).to(weight.dtype)
 
 
@@ -129,8 +162,10 @@ def rms_norm_triton(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     check_tensor("weight", weight, ndim=1)
     check_same_device(x=x, weight=weight)
     if weight.shape[0] != x.shape[-1]:
-        raise ValueError(f"weight has shape {tuple(weight.shape)}: expected ({x.shape[-1]},), "
-                         f"the last dimension of x {tuple(x.shape)}")
+        raise ValueError(
+            f"weight has shape {tuple(weight.shape)}: expected ({x.shape[-1]},), "
+            f"the last dimension of x {tuple(x.shape)}"
+        )
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"eps is {eps!r}: expected a non-negative number")
     y, _inv_rms = rms_norm_forward(x, weight, float(eps))

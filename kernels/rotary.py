@@ -35,9 +35,23 @@ def rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
 
 @jit
-def _rotary_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, seq_len, n_heads, half,
-                   x_stride_batch, x_stride_seq, x_stride_head, cos_stride, sin_stride,
-                   BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr, TRANSPOSE: tl.constexpr):
+def _rotary_kernel(
+    x_ptr,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    seq_len,
+    n_heads,
+    half,
+    x_stride_batch,
+    x_stride_seq,
+    x_stride_head,
+    cos_stride,
+    sin_stride,
+    BLOCK_HEADS: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    TRANSPOSE: tl.constexpr,
+):
     # One program per (token, block of heads): the token's cos/sin row is loaded once for all its heads.
     token = tl.program_id(0).to(tl.int64)
     batch, position = token // seq_len, token % seq_len
@@ -76,10 +90,23 @@ def rotary(x: Tensor, cos: Tensor, sin: Tensor, transpose: bool) -> Tensor:
     if x.numel():
         block_heads = min(triton.next_power_of_2(n_heads), 32)
         grid = (batch * seq_len, triton.cdiv(n_heads, block_heads))
-        _rotary_kernel[grid](x, cos, sin, out, seq_len, n_heads, head_dim // 2,
-                             x.stride(0), x.stride(1), x.stride(2), cos.stride(0), sin.stride(0),
-                             BLOCK_HEADS=block_heads, BLOCK_HALF=triton.next_power_of_2(head_dim // 2),
-                             TRANSPOSE=transpose)
+        _rotary_kernel[grid](
+            x,
+            cos,
+            sin,
+            out,
+            seq_len,
+            n_heads,
+            head_dim // 2,
+            x.stride(0),
+            x.stride(1),
+            x.stride(2),
+            cos.stride(0),
+            sin.stride(0),
+            BLOCK_HEADS=block_heads,
+            BLOCK_HALF=triton.next_power_of_2(head_dim // 2),
+            TRANSPOSE=transpose,
+        )
     return out
 
 

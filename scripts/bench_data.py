@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import prepare_data
+
 from tinytitan.data.builtin_corpus import code_documents, prose_documents
 from tinytitan.data.loader import DataLoader
 from tinytitan.data.manifest import read_manifest
@@ -36,7 +37,9 @@ SETS = ("RedPajamaCommonCrawl", "RedPajamaC4", "RedPajamaBook", "RedPajamaArXiv"
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--inputs", nargs="+", help="files, folders or patterns to prepare instead of a generated corpus")
+    parser.add_argument(
+        "--inputs", nargs="+", help="files, folders or patterns to prepare instead of a generated corpus"
+    )
     parser.add_argument("--format", default="auto", help="--format for prepare_data.py with --inputs")
     parser.add_argument("--megabytes", type=float, default=64.0, help="size of the generated corpus's text")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -68,8 +71,10 @@ def write_corpus(documents: list[str], folder: Path, files: int) -> list[Path]:
 
     paths = []
     for number in range(files):
-        lines = [json.dumps({"text": text, "meta": {"redpajama_set_name": SETS[i % len(SETS)]}})
-                 for i, text in enumerate(documents[number::files])]
+        lines = [
+            json.dumps({"text": text, "meta": {"redpajama_set_name": SETS[i % len(SETS)]}})
+            for i, text in enumerate(documents[number::files])
+        ]
         path = folder / "train" / "chunk1" / f"example_train_{number}.jsonl.zst"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(zstandard.ZstdCompressor(level=3).compress(("\n".join(lines) + "\n").encode()))
@@ -88,14 +93,31 @@ def bench_tokenizer(tokenizer: Tokenizer, documents: list[str], megabytes: float
     start = time.perf_counter()
     tokens = sum(len(tokenizer.encode(document, bos=True, eos=True)) for document in sample)
     seconds = time.perf_counter() - start
-    return {"documents": len(sample), "megabytes": size / 1e6, "tokens": tokens, "seconds": seconds,
-            "tokens_per_second": tokens / seconds, "megabytes_per_second": size / 1e6 / seconds}
+    return {
+        "documents": len(sample),
+        "megabytes": size / 1e6,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "megabytes_per_second": size / 1e6 / seconds,
+    }
 
 
 def bench_prepare(inputs: list[str], format: str, tokenizer_path: Path, workers: int, output: Path) -> dict:
     """scripts/prepare_data.py end to end, its summary kept out of the report."""
-    argv = [*inputs, "--output", str(output), "--format", format, "--tokenizer", str(tokenizer_path),
-            "--workers", str(workers), "--exclude-sets", ""]
+    argv = [
+        *inputs,
+        "--output",
+        str(output),
+        "--format",
+        format,
+        "--tokenizer",
+        str(tokenizer_path),
+        "--workers",
+        str(workers),
+        "--exclude-sets",
+        "",
+    ]
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         prepare_data.main(argv)
@@ -105,10 +127,17 @@ def bench_prepare(inputs: list[str], format: str, tokenizer_path: Path, workers:
     documents = sum(split["documents"] for split in manifest["splits"].values())
     megabytes = sum(record["bytes"] for record in manifest["inputs"]) / 1e6
     left_out = sum(manifest["documents_filtered"].values()) + sum(manifest["documents_skipped"].values())
-    return {"inputs": len(manifest["inputs"]), "workers": workers, "documents": documents, "left_out": left_out,
-            "tokens": tokens,
-            "input_megabytes": megabytes, "seconds": seconds, "tokens_per_second": tokens / seconds,
-            "tokens_per_second_per_worker": tokens / seconds / workers}
+    return {
+        "inputs": len(manifest["inputs"]),
+        "workers": workers,
+        "documents": documents,
+        "left_out": left_out,
+        "tokens": tokens,
+        "input_megabytes": megabytes,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "tokens_per_second_per_worker": tokens / seconds / workers,
+    }
 
 
 GOAL_TOKENS_PER_SECOND = 75_000  # one H100 at the throughput goal of the TinyLlama recipe
@@ -119,8 +148,12 @@ def bench_loader(prepared: Path, seq_len: int, micro_batch_size: int, batches: i
     sources (so the mixing is paid for), for 0 and 2 worker processes."""
     sources = [Source("a", prepared, 0.7), Source("b", prepared, 0.3)]
     stream = training_stream(sources, seq_len, seed=0)
-    results = {"seq_len": seq_len, "micro_batch_size": micro_batch_size, "batches": batches,
-               "goal_tokens_per_second": GOAL_TOKENS_PER_SECOND}
+    results = {
+        "seq_len": seq_len,
+        "micro_batch_size": micro_batch_size,
+        "batches": batches,
+        "goal_tokens_per_second": GOAL_TOKENS_PER_SECOND,
+    }
     for workers in (0, 2):
         loader = DataLoader(stream, micro_batch_size, num_workers=workers)
         next(loader)  # start-up (worker processes) is not throughput
@@ -139,8 +172,10 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--workers {args.workers}: expected an integer >= 1")
     tokenizer_path = prepare_data.find_tokenizer(args.tokenizer)
     tokenizer = Tokenizer(tokenizer_path)
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-               "tokenizer": {"path": str(tokenizer_path), "vocab_size": tokenizer.vocab_size}}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "tokenizer": {"path": str(tokenizer_path), "vocab_size": tokenizer.vocab_size},
+    }
     with tempfile.TemporaryDirectory(prefix="bench_data-") as folder:
         folder = Path(folder)
         if args.inputs:
@@ -151,10 +186,15 @@ def main(argv: list[str]) -> int:
             inputs = [str(p) for p in write_corpus(documents, folder / "corpus", files=max(2 * args.workers, 4))]
         if documents is not None:
             results["tokenizer_alone"] = bench_tokenizer(tokenizer, documents, args.sample_megabytes)
-        results["prepare_data"] = bench_prepare(inputs, args.format if args.inputs else "slimpajama", tokenizer_path,
-                                                args.workers, folder / "prepared")
-        results["loader"] = bench_loader(folder / "prepared", seq_len=2048 if not args.smoke else 256,
-                                         micro_batch_size=8, batches=200 if not args.smoke else 20)
+        results["prepare_data"] = bench_prepare(
+            inputs, args.format if args.inputs else "slimpajama", tokenizer_path, args.workers, folder / "prepared"
+        )
+        results["loader"] = bench_loader(
+            folder / "prepared",
+            seq_len=2048 if not args.smoke else 256,
+            micro_batch_size=8,
+            batches=200 if not args.smoke else 20,
+        )
     print_report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -166,19 +206,27 @@ def print_report(results: dict) -> None:
     print(f"machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}")
     print(f"tokenizer: {results['tokenizer']['path']} ({results['tokenizer']['vocab_size']:,} pieces)")
     if alone := results.get("tokenizer_alone"):
-        print(f"tokenizer alone, 1 process: {alone['tokens_per_second']:,.0f} tokens/s, "
-              f"{alone['megabytes_per_second']:.2f} MB/s of text ({alone['tokens']:,} tokens in {alone['seconds']:.1f}s)")
+        print(
+            f"tokenizer alone, 1 process: {alone['tokens_per_second']:,.0f} tokens/s, "
+            f"{alone['megabytes_per_second']:.2f} MB/s of text ({alone['tokens']:,} tokens in {alone['seconds']:.1f}s)"
+        )
     prepared = results["prepare_data"]
-    print(f"prepare_data.py, {prepared['workers']} worker(s): {prepared['tokens_per_second']:,.0f} tokens/s, "
-          f"{prepared['tokens_per_second_per_worker']:,.0f} tokens/s per worker ({prepared['tokens']:,} tokens, "
-          f"{prepared['documents']:,} documents from {prepared['inputs']} input(s) of {prepared['input_megabytes']:.1f} MB "
-          f"in {prepared['seconds']:.1f}s)")
+    print(
+        f"prepare_data.py, {prepared['workers']} worker(s): {prepared['tokens_per_second']:,.0f} tokens/s, "
+        f"{prepared['tokens_per_second_per_worker']:,.0f} tokens/s per worker ({prepared['tokens']:,} tokens, "
+        f"{prepared['documents']:,} documents from {prepared['inputs']} input(s) of "
+        f"{prepared['input_megabytes']:.1f} MB "
+        f"in {prepared['seconds']:.1f}s)"
+    )
     loader = results["loader"]
     for workers in (0, 2):
         rate = loader[f"workers_{workers}_tokens_per_second"]
-        print(f"loader, 1 rank, {workers} worker(s): {rate:,.0f} tokens/s ({rate / loader['goal_tokens_per_second']:.0f}x "
-              f"the {loader['goal_tokens_per_second']:,} tokens/s goal of one H100; micro-batches of "
-              f"{loader['micro_batch_size']} x {loader['seq_len']})")
+        print(
+            f"loader, 1 rank, {workers} worker(s): {rate:,.0f} tokens/s "
+            f"({rate / loader['goal_tokens_per_second']:.0f}x "
+            f"the {loader['goal_tokens_per_second']:,} tokens/s goal of one H100; micro-batches of "
+            f"{loader['micro_batch_size']} x {loader['seq_len']})"
+        )
 
 
 if __name__ == "__main__":

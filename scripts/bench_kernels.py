@@ -25,8 +25,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -47,6 +47,7 @@ EPS = 1e-5
 class Case:
     """One kernel: how to make its inputs (fresh leaves) and its upstream gradients, its
     implementations, and the work that the throughput columns divide by the time."""
+
     name: str
     make_inputs: Callable[[], list]
     make_upstream: Callable[[], list]
@@ -70,22 +71,40 @@ def build_cases(shape: dict, device: str, dtype: torch.dtype, compile_backend: s
     cos, sin = rotary_tables(head_dim, seq, 10000.0, device=device)
     labels = torch.randint(0, vocab, (tokens,), device=device)
 
-    rms = Case("rms_norm", lambda: [leaf(tokens, dim), leaf(dim, scale=0.1, offset=1.0)], lambda: [random(tokens, dim)],
-               {"triton": lambda x, w: rms_norm_triton(x, w, EPS), "eager": lambda x, w: rms_norm_reference(x, w, EPS)},
-               bytes_moved=5 * tokens * dim * size)  # x, y forward; dy, x, dx backward
-    swiglu = Case("swiglu", lambda: [leaf(tokens, ffn), leaf(tokens, ffn)], lambda: [random(tokens, ffn)],
-                  {"triton": swiglu_triton, "eager": swiglu_reference},
-                  bytes_moved=8 * tokens * ffn * size)  # gate, up, out forward; dy, gate, up, dgate, dup backward
-    rotary = Case("rotary", lambda: [leaf(batch, seq, heads, head_dim), leaf(batch, seq, kv_heads, head_dim)],
-                  lambda: [random(batch, seq, heads, head_dim), random(batch, seq, kv_heads, head_dim)],
-                  {"triton": lambda q, k: (rotary_triton(q, cos, sin), rotary_triton(k, cos, sin)),
-                   "eager": lambda q, k: (rotary_reference(q, cos, sin), rotary_reference(k, cos, sin))},
-                  bytes_moved=4 * tokens * (heads + kv_heads) * head_dim * size)  # in and out, both ways
-    loss = Case("linear_cross_entropy", lambda: [leaf(tokens, dim), leaf(vocab, dim, scale=dim ** -0.5)],
-                lambda: [None],
-                {"triton": lambda h, w: linear_cross_entropy_triton(h, w, labels),
-                 "eager": lambda h, w: linear_cross_entropy_reference(h, w, labels)},
-                flops=6 * tokens * vocab * dim)  # logits, d(hidden), d(weight)
+    rms = Case(
+        "rms_norm",
+        lambda: [leaf(tokens, dim), leaf(dim, scale=0.1, offset=1.0)],
+        lambda: [random(tokens, dim)],
+        {"triton": lambda x, w: rms_norm_triton(x, w, EPS), "eager": lambda x, w: rms_norm_reference(x, w, EPS)},
+        bytes_moved=5 * tokens * dim * size,
+    )  # x, y forward; dy, x, dx backward
+    swiglu = Case(
+        "swiglu",
+        lambda: [leaf(tokens, ffn), leaf(tokens, ffn)],
+        lambda: [random(tokens, ffn)],
+        {"triton": swiglu_triton, "eager": swiglu_reference},
+        bytes_moved=8 * tokens * ffn * size,
+    )  # gate, up, out forward; dy, gate, up, dgate, dup backward
+    rotary = Case(
+        "rotary",
+        lambda: [leaf(batch, seq, heads, head_dim), leaf(batch, seq, kv_heads, head_dim)],
+        lambda: [random(batch, seq, heads, head_dim), random(batch, seq, kv_heads, head_dim)],
+        {
+            "triton": lambda q, k: (rotary_triton(q, cos, sin), rotary_triton(k, cos, sin)),
+            "eager": lambda q, k: (rotary_reference(q, cos, sin), rotary_reference(k, cos, sin)),
+        },
+        bytes_moved=4 * tokens * (heads + kv_heads) * head_dim * size,
+    )  # in and out, both ways
+    loss = Case(
+        "linear_cross_entropy",
+        lambda: [leaf(tokens, dim), leaf(vocab, dim, scale=dim**-0.5)],
+        lambda: [None],
+        {
+            "triton": lambda h, w: linear_cross_entropy_triton(h, w, labels),
+            "eager": lambda h, w: linear_cross_entropy_reference(h, w, labels),
+        },
+        flops=6 * tokens * vocab * dim,
+    )  # logits, d(hidden), d(weight)
     cases = [rms, swiglu, rotary, loss]
     add_compiled(cases, compile_backend)
     add_liger(cases, cos, sin, labels)
@@ -100,6 +119,7 @@ def add_liger(cases: list[Case], cos, sin, labels) -> None:
     by_name = {case.name: case for case in cases}
     by_name["rms_norm"].impls["liger"] = lambda x, w: liger.liger_rms_norm(x, w, EPS)
     by_name["swiglu"].impls["liger"] = liger.liger_swiglu
+
     # Liger's rope takes q and k as [batch, heads, seq, head_dim] and cos/sin as [1, seq, head_dim].
     def liger_rope(q, k):
         q_out, k_out = liger.liger_rope(q.transpose(1, 2), k.transpose(1, 2), cos[None], sin[None])
@@ -178,17 +198,21 @@ def markdown(rows: list[dict], copy_gb_per_s: float) -> str:
         return "-" if value is None else f"{value:,.{digits}f}"
 
     eager_ms = {row["kernel"]: row["ms"] for row in rows if row["implementation"] == "eager" and "ms" in row}
-    lines = ["| kernel | implementation | fwd+bwd ms | vs eager | peak MiB | GB/s | % of copy | TFLOP/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| kernel | implementation | fwd+bwd ms | vs eager | peak MiB | GB/s | % of copy | TFLOP/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['kernel']} | {row['implementation']} | error: {row['error']} | | | | | |")
             continue
         speedup = eager_ms.get(row["kernel"], 0) / row["ms"] if row["ms"] else None
         gb = row.get("gb_per_s")
-        lines.append(f"| {row['kernel']} | {row['implementation']} | {row['ms']:.3f} | {number(speedup, 2)}x | "
-                     f"{number(row['peak_mib'])} | {number(gb)} | {number(gb and 100 * gb / copy_gb_per_s)} | "
-                     f"{number(row.get('tflop_per_s'))} |")
+        lines.append(
+            f"| {row['kernel']} | {row['implementation']} | {row['ms']:.3f} | {number(speedup, 2)}x | "
+            f"{number(row['peak_mib'])} | {number(gb)} | {number(gb and 100 * gb / copy_gb_per_s)} | "
+            f"{number(row.get('tflop_per_s'))} |"
+        )
     return "\n".join(lines)
 
 
@@ -229,16 +253,29 @@ def main(argv=None) -> None:
 
     device_name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
     what = "smoke run (numbers mean nothing)" if args.smoke else "TinyLlama shapes"
-    print(f"device: {device_name}; torch {torch.__version__}; {what}: {shape}; {dtype}; median of {args.iters}; "
-          f"device copy {copy_gb_per_s:,.0f} GB/s")
+    print(
+        f"device: {device_name}; torch {torch.__version__}; {what}: {shape}; {dtype}; median of {args.iters}; "
+        f"device copy {copy_gb_per_s:,.0f} GB/s"
+    )
     if not any("liger" in case.impls for case in cases):
         print("Liger-Kernel is not installed: no liger rows")
     print(markdown(rows, copy_gb_per_s))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device_name, "torch": torch.__version__, "smoke": args.smoke, "shape": shape,
-                       "dtype": str(dtype), "iters": args.iters, "copy_gb_per_s": copy_gb_per_s, "rows": rows},
-                      f, indent=2)
+            json.dump(
+                {
+                    "device": device_name,
+                    "torch": torch.__version__,
+                    "smoke": args.smoke,
+                    "shape": shape,
+                    "dtype": str(dtype),
+                    "iters": args.iters,
+                    "copy_gb_per_s": copy_gb_per_s,
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

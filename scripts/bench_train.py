@@ -55,8 +55,12 @@ def parse_args(argv):
     parser.add_argument("--seq-len", type=int, help="default: the flavor's max_seq_len (256 for debug)")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per variant")
     parser.add_argument("--warmup", type=int, default=5, help="steps before measuring")
-    parser.add_argument("--variant", action="append", metavar="NAME=OVERRIDES",
-                        help="a named set of space-separated --section.key=value overrides; repeatable")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME=OVERRIDES",
+        help="a named set of space-separated --section.key=value overrides; repeatable",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
     args = parser.parse_args(argv)
@@ -82,10 +86,19 @@ def run_baseline(config, warmup: int, steps: int) -> list[dict]:
     hf_config = transformers.LlamaConfig(**to_hf_config(args), attn_implementation="sdpa")
     model = transformers.LlamaForCausalLM(hf_config).to(device).train()
     o = config.optimizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                  weight_decay=o.weight_decay, fused=device.type in ("cuda", "cpu"))  # as ours
-    loader = DataLoader(SyntheticStream(args.vocab_size, config.training.seq_len, (config.training.seed,)),
-                        config.training.micro_batch_size, device=device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=o.lr,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        fused=device.type in ("cuda", "cpu"),
+    )  # as ours
+    loader = DataLoader(
+        SyntheticStream(args.vocab_size, config.training.seq_len, (config.training.seed,)),
+        config.training.micro_batch_size,
+        device=device,
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     records = []
     for _ in range(warmup + steps):
@@ -99,18 +112,29 @@ def run_baseline(config, warmup: int, steps: int) -> list[dict]:
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss.item()  # waits for the device, as ours does on its (every-step) log lines
         elapsed = time.perf_counter() - start
-        records.append({"loss": loss_value, "tokens_per_second": inputs.numel() / elapsed, "memory_gib": memory_gib(device)})
+        records.append(
+            {"loss": loss_value, "tokens_per_second": inputs.numel() / elapsed, "memory_gib": memory_gib(device)}
+        )
     return records
 
 
 def run_variant(spec: str, args, log) -> dict:
     name, _, overrides = spec.partition("=")
     with tempfile.TemporaryDirectory() as folder:
-        config = load_config([
-            f"--model.flavor={args.flavor}", "--data.dataset=synthetic", f"--training.seq_len={args.seq_len}",
-            f"--training.steps={args.warmup + args.steps}", "--metrics.log_freq=1", "--metrics.enable_tensorboard=false",
-            "--lr_scheduler.warmup_steps=2", f"--job.dump_folder={folder}", "--job.name=bench",
-            *overrides.split()])
+        config = load_config(
+            [
+                f"--model.flavor={args.flavor}",
+                "--data.dataset=synthetic",
+                f"--training.seq_len={args.seq_len}",
+                f"--training.steps={args.warmup + args.steps}",
+                "--metrics.log_freq=1",
+                "--metrics.enable_tensorboard=false",
+                "--lr_scheduler.warmup_steps=2",
+                f"--job.dump_folder={folder}",
+                "--job.name=bench",
+                *overrides.split(),
+            ]
+        )
         micro_batch = config.training.micro_batch_size
         config.training.global_batch_tokens = micro_batch * args.seq_len  # one micro-step per step
         result = {"name": name, "overrides": overrides, "micro_batch_size": micro_batch}
@@ -123,13 +147,15 @@ def run_variant(spec: str, args, log) -> dict:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    measured = records[args.warmup:]
+    measured = records[args.warmup :]
     tokens_per_second = statistics.mean(r["tokens_per_second"] for r in measured)
     result.update(
         tokens_per_second=tokens_per_second,
         step_time_s=micro_batch * args.seq_len / tokens_per_second,
         peak_memory_gib=max(r["memory_gib"] for r in measured),
-        loss_first=records[0]["loss"], loss_last=records[-1]["loss"])
+        loss_first=records[0]["loss"],
+        loss_last=records[-1]["loss"],
+    )
     peak = peak_flops_of(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     if peak:
         result["mfu_percent"] = 100 * tokens_per_second * args.flops_per_token / peak
@@ -140,23 +166,30 @@ def environment() -> dict:
     cuda = torch.cuda.is_available()
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, "
-                                                            f"{torch.get_num_threads()} threads)",
-        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name()
+        if cuda
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "triton": triton_version,
     }
 
 
 def markdown_table(report: dict) -> str:
-    lines = [f"Training throughput, {report['flavor']} at seq {report['seq_len']}, {report['environment']['device']}, "
-             f"torch {report['environment']['torch']}, {report['environment']['date']}",
-             "", f"| variant | micro-batch | tokens/s/device | vs {BASELINE} | MFU | step time | peak memory |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Training throughput, {report['flavor']} at seq {report['seq_len']}, {report['environment']['device']}, "
+        f"torch {report['environment']['torch']}, {report['environment']['date']}",
+        "",
+        f"| variant | micro-batch | tokens/s/device | vs {BASELINE} | MFU | step time | peak memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
     baseline = next((v for v in report["variants"] if v["name"] == BASELINE and "error" not in v), None)
     for v in report["variants"]:
         if "error" in v:
@@ -164,12 +197,18 @@ def markdown_table(report: dict) -> str:
             continue
         mfu = f"{v['mfu_percent']:.1f}%" if "mfu_percent" in v else "n/a"
         ratio = f"{v['tokens_per_second'] / baseline['tokens_per_second']:.2f}x" if baseline else "n/a"
-        lines.append(f"| {v['name']} | {v['micro_batch_size']} | {v['tokens_per_second']:,.0f} | {ratio} | {mfu} | "
-                     f"{v['step_time_s'] * 1000:.0f} ms | {v['peak_memory_gib']:.1f} GiB |")
+        lines.append(
+            f"| {v['name']} | {v['micro_batch_size']} | {v['tokens_per_second']:,.0f} | {ratio} | {mfu} | "
+            f"{v['step_time_s'] * 1000:.0f} ms | {v['peak_memory_gib']:.1f} GiB |"
+        )
     lines.append("")
-    lines.append(f"FLOPs per token: {report['flop_formula']} = {report['flops_per_token'] / 1e9:.3f} GFLOP; "
-                 f"peak {report['peak_bf16_flops'] / 1e12:.0f} TFLOP/s" if report["peak_bf16_flops"] else
-                 f"FLOPs per token: {report['flop_formula']} = {report['flops_per_token'] / 1e9:.3f} GFLOP; no MFU (no known peak)")
+    lines.append(
+        f"FLOPs per token: {report['flop_formula']} = {report['flops_per_token'] / 1e9:.3f} GFLOP; "
+        f"peak {report['peak_bf16_flops'] / 1e12:.0f} TFLOP/s"
+        if report["peak_bf16_flops"]
+        else f"FLOPs per token: {report['flop_formula']} = {report['flops_per_token'] / 1e9:.3f} GFLOP; "
+        "no MFU (no known peak)"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -183,12 +222,16 @@ def main(argv) -> int:
     env = environment()
     args.flops_per_token = flops_per_token(model_args, n_without_embedding, args.seq_len)
     report = {
-        "environment": env, "flavor": args.flavor, "seq_len": args.seq_len, "warmup_steps": args.warmup,
+        "environment": env,
+        "flavor": args.flavor,
+        "seq_len": args.seq_len,
+        "warmup_steps": args.warmup,
         "measured_steps": args.steps,
         "flops_per_token": args.flops_per_token,
         "flop_formula": "6*N + 12*L*d*T, N without the input embedding",
         "peak_bf16_flops": peak_flops_of(env["device"]) if torch.cuda.is_available() else None,
-        "peak_table": dict(PEAK_BF16_FLOPS), "variants": [],
+        "peak_table": dict(PEAK_BF16_FLOPS),
+        "variants": [],
     }
     log = io.StringIO()
     for spec in args.variant:

@@ -43,10 +43,8 @@ _tt_install_torch() {
     version=$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("torch"))')  # no import: its deps are not there yet
     echo "tinytitan: using the local torch $version wheel" >&2
     $pip install "torch==$version"  # its own dependencies, from the index
-  elif ! command -v nvidia-smi >/dev/null 2>&1; then
-    echo "tinytitan: no GPU seen; installing the CPU build of torch" >&2
-    $pip install "torch>=2.11" --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
   else
+    # pip's configured index: without a local wheel this is the default (CUDA) build of torch.
     $pip install "torch>=2.11"
   fi
 }

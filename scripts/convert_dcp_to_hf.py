@@ -23,12 +23,23 @@ from pathlib import Path
 
 import torch
 
-from tinytitan.errors import UserError, run_entry_point
 from tinytitan.data.hf_tokenizer import write_hf_tokenizer
+from tinytitan.errors import UserError, run_entry_point
 from tinytitan.models.hf_adapter import to_hf_name
 from tinytitan.models.hf_io import (
-    DTYPE_NAMES, DTYPES, check_output_folder, expected_shapes, folder_bytes, load_dcp_tensors, parse_size,
-    plan_shards, read_dcp_model, require_tokenizer, staged_folder, write_hf_config, write_hf_weights,
+    DTYPE_NAMES,
+    DTYPES,
+    check_output_folder,
+    expected_shapes,
+    folder_bytes,
+    load_dcp_tensors,
+    parse_size,
+    plan_shards,
+    read_dcp_model,
+    require_tokenizer,
+    staged_folder,
+    write_hf_config,
+    write_hf_weights,
 )
 
 FP16_MAX = torch.finfo(torch.float16).max
@@ -41,7 +52,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="weights' dtype (default: as stored in the checkpoint)")
     parser.add_argument("--tokenizer", type=Path, help="sentencepiece tokenizer.model (default: the run's)")
     parser.add_argument("--flavor", help="model flavor (default: the run's, or the converted checkpoint's arguments)")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors file before sharding (default: 5GB)")
+    parser.add_argument(
+        "--max-shard-size", default="5GB", help="largest safetensors file before sharding (default: 5GB)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     return parser.parse_args(argv)
 
@@ -53,12 +66,16 @@ def stored_dtype(metadata: dict) -> torch.dtype:
 
 def shard_loader(checkpoint: Path, metadata: dict, dtype: torch.dtype):
     """Reads a shard's tensors from the checkpoint, in `dtype`, under Hugging Face names."""
+
     def load(names: list[str]) -> dict[str, torch.Tensor]:
         tensors = load_dcp_tensors(checkpoint, metadata, names)
         for name, tensor in tensors.items():
             if dtype == torch.float16 and tensor.abs().max().item() > FP16_MAX:
-                raise UserError(f"checkpoint {checkpoint}: {name} has values beyond float16's range; use --dtype bf16 or fp32")
+                raise UserError(
+                    f"checkpoint {checkpoint}: {name} has values beyond float16's range; use --dtype bf16 or fp32"
+                )
         return {to_hf_name(name): tensor.to(dtype).contiguous() for name, tensor in tensors.items()}
+
     return load
 
 
@@ -80,9 +97,12 @@ def main(argv: list[str]) -> None:
         files = write_hf_weights(staging, shards, shard_loader(checkpoint, metadata, dtype))
         written = folder_bytes(staging)
 
-    print(f"wrote {out}: LlamaForCausalLM ({spec.args_from}), {sum(s.numel() for s in shapes.values()):,} "
-          f"parameters in {DTYPE_NAMES[dtype]}, {len(files)} safetensors file(s), {written / 1e6:,.1f} MB in all; "
-          f"tokenizer of {tokenizer.vocab_size} pieces from {spec.tokenizer_from} ({spec.tokenizer_path})", flush=True)
+    print(
+        f"wrote {out}: LlamaForCausalLM ({spec.args_from}), {sum(s.numel() for s in shapes.values()):,} "
+        f"parameters in {DTYPE_NAMES[dtype]}, {len(files)} safetensors file(s), {written / 1e6:,.1f} MB in all; "
+        f"tokenizer of {tokenizer.vocab_size} pieces from {spec.tokenizer_from} ({spec.tokenizer_path})",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

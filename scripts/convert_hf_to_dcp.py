@@ -21,7 +21,13 @@ from pathlib import Path
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError, run_entry_point
 from tinytitan.models.hf_io import (
-    MODEL_ARGS_FILE, DTYPE_NAMES, check_output_folder, matching_flavor, read_hf_model, save_dcp_model, staged_folder,
+    DTYPE_NAMES,
+    MODEL_ARGS_FILE,
+    check_output_folder,
+    matching_flavor,
+    read_hf_model,
+    save_dcp_model,
+    staged_folder,
     write_model_args_file,
 )
 
@@ -60,12 +66,20 @@ def main(argv: list[str]) -> None:
     parameters = sum(tensor.numel() for tensor in tensors.values())
     dtypes = "/".join(sorted({DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in tensors.values()}))
     if flavor:
-        model = (f"the config matches flavor {flavor!r}: start training from it with --model.flavor={flavor} "
-                 f"--checkpoint.initial_load_path={out}")
+        model = (
+            f"the config matches flavor {flavor!r}: start training from it with --model.flavor={flavor} "
+            f"--checkpoint.initial_load_path={out}"
+        )
     else:
-        model = (f"the config matches no flavor: model arguments derived from it ({args}), saved in "
-                 f"{out / MODEL_ARGS_FILE} for generate.py and convert_dcp_to_hf.py (training needs a flavor)")
-    tokenizer_note = "tokenizer.model copied" if tokenizer else f"no tokenizer.model in {hf_dir}: pass --tokenizer to the other scripts"
+        model = (
+            f"the config matches no flavor: model arguments derived from it ({args}), saved in "
+            f"{out / MODEL_ARGS_FILE} for generate.py and convert_dcp_to_hf.py (training needs a flavor)"
+        )
+    tokenizer_note = (
+        "tokenizer.model copied"
+        if tokenizer
+        else f"no tokenizer.model in {hf_dir}: pass --tokenizer to the other scripts"
+    )
     print(f"wrote {out}: {parameters:,} parameters in {dtypes}; {model}; {tokenizer_note}", flush=True)
 
 

@@ -19,18 +19,29 @@ zstandard and pyarrow are imported only when a file needs them, so the trainer d
 import glob
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tinytitan.errors import UserError
 
 FORMATS = ("auto", "slimpajama", "starcoder", "jsonl", "txt")
 # File names each format reads when walking a folder (auto: all of them).
-SUFFIXES = {"slimpajama": (".jsonl.zst", ".jsonl"), "jsonl": (".jsonl.zst", ".jsonl"),
-            "starcoder": (".parquet",), "txt": (".txt",)}
-REDPAJAMA_SETS = ("RedPajamaArXiv", "RedPajamaBook", "RedPajamaC4", "RedPajamaCommonCrawl", "RedPajamaGithub",
-                  "RedPajamaStackExchange", "RedPajamaWikipedia")
+SUFFIXES = {
+    "slimpajama": (".jsonl.zst", ".jsonl"),
+    "jsonl": (".jsonl.zst", ".jsonl"),
+    "starcoder": (".parquet",),
+    "txt": (".txt",),
+}
+REDPAJAMA_SETS = (
+    "RedPajamaArXiv",
+    "RedPajamaBook",
+    "RedPajamaC4",
+    "RedPajamaCommonCrawl",
+    "RedPajamaGithub",
+    "RedPajamaStackExchange",
+    "RedPajamaWikipedia",
+)
 STARCODER_COLUMN = "content"
 _READ_BYTES = 1 << 20
 
@@ -38,6 +49,7 @@ _READ_BYTES = 1 << 20
 @dataclass(frozen=True)
 class Input:
     """One unit of preparation: prepared whole, resumed whole, with shards of its own."""
+
     name: str  # its path from above the folder given, e.g. "train/chunk1/example_train_0.jsonl.zst"
     paths: tuple[Path, ...]  # one file; for txt, the .txt files of one folder
     format: str  # slimpajama, starcoder, jsonl or txt
@@ -55,6 +67,7 @@ class Input:
 @dataclass(frozen=True)
 class SetFilter:
     """Which RedPajama sets of SlimPajama to keep."""
+
     include: frozenset[str] | None = None  # None: every set
     exclude: frozenset[str] = frozenset({"RedPajamaGithub"})  # code comes from StarCoderData instead
 
@@ -83,6 +96,7 @@ class Skip:
 
 
 # ---- finding the inputs ----
+
 
 def find_inputs(arguments: list[str], format: str) -> list[Input]:
     """The inputs named by files, folders and glob patterns, sorted by name, each file once."""
@@ -166,8 +180,10 @@ def _format_of(path: Path) -> str:
         return "starcoder"
     if path.name.endswith(".txt"):
         return "txt"
-    raise UserError(f"input {str(path)!r}: cannot tell its format from its name: expected "
-                    f"{', '.join(_suffixes('auto'))}, or give --format")
+    raise UserError(
+        f"input {str(path)!r}: cannot tell its format from its name: expected "
+        f"{', '.join(_suffixes('auto'))}, or give --format"
+    )
 
 
 def only_languages(inputs: list[Input], languages: set[str]) -> list[Input]:
@@ -175,8 +191,10 @@ def only_languages(inputs: list[Input], languages: set[str]) -> list[Input]:
     code = [i for i in inputs if i.format == "starcoder"]
     found = {i.language for i in code}
     if missing := sorted(languages - found):
-        raise UserError(f"--languages: no parquet files for {', '.join(missing)}: expected a folder <language>/ of "
-                        f"train-*.parquet files (found: {', '.join(sorted(found)) or 'none'})")
+        raise UserError(
+            f"--languages: no parquet files for {', '.join(missing)}: expected a folder <language>/ of "
+            f"train-*.parquet files (found: {', '.join(sorted(found)) or 'none'})"
+        )
     return [i for i in inputs if i.format != "starcoder" or i.language in languages]
 
 
@@ -184,12 +202,15 @@ def _check_unique_names(inputs: list[Input]) -> None:
     seen = {}
     for item in inputs:
         if item.name in seen:
-            raise UserError(f"inputs {seen[item.name]} and {item.paths[0]} are both named {item.name!r}: "
-                            "expected distinct names (give their parent folders instead)")
+            raise UserError(
+                f"inputs {seen[item.name]} and {item.paths[0]} are both named {item.name!r}: "
+                "expected distinct names (give their parent folders instead)"
+            )
         seen[item.name] = item.paths[0]
 
 
 # ---- reading documents ----
+
 
 def read_documents(item: Input, sets: SetFilter) -> Iterator[Document | Skip]:
     """The documents of an input in file order, and a Skip for each thing not used."""
@@ -211,8 +232,12 @@ def _checked(document: Document, file: Path) -> Document | Skip:
     try:
         size = len(document.text.encode("utf-8"))
     except UnicodeEncodeError as error:  # a lone surrogate escaped in JSON ("\ud800")
-        return Skip("invalid Unicode", file, document.where,
-                    f"text holds {error.object[error.start:error.end]!r} ({error.reason}): expected valid Unicode text")
+        return Skip(
+            "invalid Unicode",
+            file,
+            document.where,
+            f"text holds {error.object[error.start : error.end]!r} ({error.reason}): expected valid Unicode text",
+        )
     return Document(document.text, document.where, document.group, size)
 
 
@@ -222,8 +247,10 @@ def _read_jsonl(path: Path, sets: SetFilter, require_set: bool) -> Iterator[Docu
         for number, line in enumerate(_lines(path), 1):
             yield _parse_line(line, path, f"line {number}", sets, require_set)
     except _TruncatedZstd as error:
-        raise UserError(f"{path}: the zstd stream is truncated or corrupt after line {number} ({error}): "
-                        "expected a complete .zst file (download it again)") from None
+        raise UserError(
+            f"{path}: the zstd stream is truncated or corrupt after line {number} ({error}): "
+            "expected a complete .zst file (download it again)"
+        ) from None
     except OSError as error:
         raise UserError(f"{path}: cannot read it after line {number} ({error})") from None
 
@@ -236,8 +263,12 @@ def _parse_line(line: bytes, path: Path, where: str, sets: SetFilter, require_se
     except UnicodeDecodeError as error:
         return Skip("invalid UTF-8", path, where, f"invalid UTF-8 at byte {error.start}: expected UTF-8 JSON")
     except json.JSONDecodeError as error:
-        return Skip("invalid JSON", path, where, f"invalid JSON ({error.msg} at column {error.colno}): "
-                                                 "expected one JSON object per line")
+        return Skip(
+            "invalid JSON",
+            path,
+            where,
+            f"invalid JSON ({error.msg} at column {error.colno}): expected one JSON object per line",
+        )
     if not isinstance(record, dict):
         return Skip("invalid JSON", path, where, f"a JSON {type(record).__name__}: expected one JSON object per line")
     text = record.get("text")
@@ -248,8 +279,12 @@ def _parse_line(line: bytes, path: Path, where: str, sets: SetFilter, require_se
     set_name = meta.get("redpajama_set_name") if isinstance(meta, dict) else None
     if not isinstance(set_name, str):
         if require_set:
-            return Skip("missing set name", path, where,
-                        "no string field meta.redpajama_set_name: expected SlimPajama's lines (or --format jsonl)")
+            return Skip(
+                "missing set name",
+                path,
+                where,
+                "no string field meta.redpajama_set_name: expected SlimPajama's lines (or --format jsonl)",
+            )
         return Document(text, where, "jsonl")
     if not sets.keeps(set_name):
         return Skip(f"set {set_name}", path, where, f"set {set_name} left out", problem=False)
@@ -316,8 +351,12 @@ def _read_parquet(path: Path) -> Iterator[Document | Skip]:
         for batch in table.iter_batches(batch_size=1024, columns=[STARCODER_COLUMN]):
             for text in batch.column(0).to_pylist():
                 if text is None:
-                    yield Skip("missing content", path, f"row {row}",
-                               f"null {STARCODER_COLUMN!r}: expected the code as a string")
+                    yield Skip(
+                        "missing content",
+                        path,
+                        f"row {row}",
+                        f"null {STARCODER_COLUMN!r}: expected the code as a string",
+                    )
                 else:
                     yield Document(text, f"row {row}", language)
                 row += 1

@@ -28,8 +28,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prompt", required=True, help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default: 64)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); higher: more varied")
-    parser.add_argument("--top-p", type=float, default=1.0, help="sample only from the most likely tokens holding "
-                                                                 "this probability (default: 1.0, all)")
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="sample only from the most likely tokens holding this probability (default: 1.0, all)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     parser.add_argument("--flavor", help="model flavor, for a checkpoint outside a run folder")
     parser.add_argument("--tokenizer", type=Path, help="sentencepiece tokenizer.model (default: the model's)")
@@ -43,8 +47,13 @@ def main(argv: list[str]) -> None:
     if options.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {options.max_new_tokens}: expected 1 or more")
     sampling = Sampling(options.temperature, options.top_p)
-    device = torch.device("cuda" if options.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if options.device == "auto" else options.device)
+    device = torch.device(
+        "cuda"
+        if options.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if options.device == "auto"
+        else options.device
+    )
     model, spec = load_model(options.model, device, DTYPES[options.dtype], options.flavor, options.tokenizer)
     tokenizer = require_tokenizer(spec, options.model)
 
@@ -56,8 +65,12 @@ def main(argv: list[str]) -> None:
 
     print(tokenizer.decode(prompt + new), flush=True)
     ended = "stopped at </s>" if new[-1] == tokenizer.eos_id else f"stopped at {options.max_new_tokens} tokens"
-    print(f"generated {len(new)} tokens after a prompt of {len(prompt)} in {seconds:.2f}s "
-          f"({len(new) / seconds:.1f} tokens/s) on {device}; {ended}", file=sys.stderr, flush=True)
+    print(
+        f"generated {len(new)} tokens after a prompt of {len(prompt)} in {seconds:.2f}s "
+        f"({len(new) / seconds:.1f} tokens/s) on {device}; {ended}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "${1:-3.12}" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any \
-  --index-url https://pypi.org/simple -d .whl "torchdata==0.11.0"
+  -d .whl "torchdata==0.11.0"
 ls -l .whl

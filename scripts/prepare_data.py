@@ -39,8 +39,18 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from corpus_readers import (FORMATS, REDPAJAMA_SETS, Document, Input, SetFilter, Skip, find_inputs, only_languages,
-                            read_documents)
+from corpus_readers import (
+    FORMATS,
+    REDPAJAMA_SETS,
+    Document,
+    Input,
+    SetFilter,
+    Skip,
+    find_inputs,
+    only_languages,
+    read_documents,
+)
+
 from tinytitan.data.manifest import MANIFEST_NAME, write_manifest
 from tinytitan.data.shards import MAX_VOCAB, ShardWriter, read_header
 from tinytitan.data.tokenizer import Tokenizer
@@ -58,6 +68,7 @@ REPORT_EVERY_S = 0.5  # how often a worker reports its counts
 @dataclass(frozen=True)
 class Options:
     """Everything a worker needs to prepare an input."""
+
     output: Path
     tokenizer_path: Path
     bos: bool
@@ -79,27 +90,56 @@ class Options:
 
 # ---- command line ----
 
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="files, folders or glob patterns (quoted, ** for any depth)")
-    parser.add_argument("--output", "-o", required=True, type=Path, help="the prepared folder (created; added to if it exists)")
-    parser.add_argument("--format", choices=FORMATS, default="auto", help="layout of the inputs (default: by file name)")
-    parser.add_argument("--tokenizer", type=Path, help="sentencepiece tokenizer.model (default: $TINYTITAN_TOKENIZER, "
-                                                       "else ../shared/assets/llama2-tokenizer.model beside the repository)")
+    parser.add_argument(
+        "--output", "-o", required=True, type=Path, help="the prepared folder (created; added to if it exists)"
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default="auto", help="layout of the inputs (default: by file name)"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="sentencepiece tokenizer.model (default: $TINYTITAN_TOKENIZER, "
+        "else ../shared/assets/llama2-tokenizer.model beside the repository)",
+    )
     parser.add_argument("--split", default="train", help="the split these inputs make (default: train)")
-    parser.add_argument("--holdout-fraction", type=float, default=0.0, metavar="F",
-                        help="put this fraction of documents, chosen by a hash of input name and position, in 'validation'")
-    parser.add_argument("--include-sets", metavar="NAMES", help="SlimPajama: keep only these RedPajama sets (comma-separated)")
-    parser.add_argument("--exclude-sets", metavar="NAMES", default="RedPajamaGithub",
-                        help="SlimPajama: leave out these sets (default: RedPajamaGithub, as code comes from "
-                             "StarCoderData; '' keeps all)")
-    parser.add_argument("--languages", metavar="NAMES", help="StarCoderData: only these language folders (comma-separated)")
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="put this fraction of documents, chosen by a hash of input name and position, in 'validation'",
+    )
+    parser.add_argument(
+        "--include-sets", metavar="NAMES", help="SlimPajama: keep only these RedPajama sets (comma-separated)"
+    )
+    parser.add_argument(
+        "--exclude-sets",
+        metavar="NAMES",
+        default="RedPajamaGithub",
+        help="SlimPajama: leave out these sets (default: RedPajamaGithub, as code comes from "
+        "StarCoderData; '' keeps all)",
+    )
+    parser.add_argument(
+        "--languages", metavar="NAMES", help="StarCoderData: only these language folders (comma-separated)"
+    )
     parser.add_argument("--no-bos", dest="bos", action="store_false", help="do not start each document with <s>")
     parser.add_argument("--no-eos", dest="eos", action="store_false", help="do not end each document with </s>")
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad line or row instead of skipping it")
+    parser.add_argument(
+        "--strict", action="store_true", help="stop at the first bad line or row instead of skipping it"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all CPUs)")
-    parser.add_argument("--tokens-per-shard", type=int, default=1 << 25, help="tokens per shard at most, whole documents "
-                        "aside (default: 2^25, 64 MiB; a worker holds up to ~16 bytes per token of it in memory)")
+    parser.add_argument(
+        "--tokens-per-shard",
+        type=int,
+        default=1 << 25,
+        help="tokens per shard at most, whole documents "
+        "aside (default: 2^25, 64 MiB; a worker holds up to ~16 bytes per token of it in memory)",
+    )
     return parser.parse_args(argv)
 
 
@@ -109,14 +149,23 @@ def options_from(args: argparse.Namespace) -> Options:
     if not 0.0 <= args.holdout_fraction < 1.0:
         raise UserError(f"--holdout-fraction {args.holdout_fraction}: expected a fraction in [0, 1)")
     if args.holdout_fraction and args.split == VALIDATION:
-        raise UserError(f"--holdout-fraction {args.holdout_fraction} with --split {VALIDATION}: expected one or the other")
+        raise UserError(
+            f"--holdout-fraction {args.holdout_fraction} with --split {VALIDATION}: expected one or the other"
+        )
     if args.workers < 1 or args.tokens_per_shard < 1:
         raise UserError("--workers and --tokens-per-shard: expected integers >= 1")
     include = _set_names("--include-sets", args.include_sets) if args.include_sets is not None else None
-    return Options(output=args.output.expanduser(), tokenizer_path=find_tokenizer(args.tokenizer), bos=args.bos,
-                   eos=args.eos, split=args.split, holdout_fraction=args.holdout_fraction,
-                   sets=SetFilter(include, _set_names("--exclude-sets", args.exclude_sets)), strict=args.strict,
-                   tokens_per_shard=args.tokens_per_shard)
+    return Options(
+        output=args.output.expanduser(),
+        tokenizer_path=find_tokenizer(args.tokenizer),
+        bos=args.bos,
+        eos=args.eos,
+        split=args.split,
+        holdout_fraction=args.holdout_fraction,
+        sets=SetFilter(include, _set_names("--exclude-sets", args.exclude_sets)),
+        strict=args.strict,
+        tokens_per_shard=args.tokens_per_shard,
+    )
 
 
 def _set_names(flag: str, value: str) -> frozenset[str]:
@@ -139,6 +188,7 @@ def find_tokenizer(given: Path | None, environ=os.environ, repo_root: Path = REP
 
 
 # ---- one input ----
+
 
 def input_key(name: str) -> str:
     """A file-name-safe, unique key of an input: readable start, hash of the whole name."""
@@ -170,7 +220,9 @@ def prepare_input(item: Input, options: Options, tokenizer: Tokenizer, report) -
                 continue
             split = VALIDATION if held_out(item.name, document.where, options.holdout_fraction) else options.split
             if split not in writers:
-                writers[split] = ShardWriter(options.output, f"{split}-{key}", tokenizer.vocab_size, options.tokens_per_shard)
+                writers[split] = ShardWriter(
+                    options.output, f"{split}-{key}", tokenizer.vocab_size, options.tokens_per_shard
+                )
             ids = tokenizer.encode(document.text, bos=options.bos, eos=options.eos)
             writers[split].add_document(ids)
             tally.add(split, document.group, len(ids), document.utf8_bytes)
@@ -180,11 +232,21 @@ def prepare_input(item: Input, options: Options, tokenizer: Tokenizer, report) -
         remove_shards_of(options.output, key)  # an input is prepared whole or not at all
         raise
     tally.send_report()
-    record = {"name": item.name, "path": os.path.abspath(item.paths[0] if len(item.paths) == 1 else item.paths[0].parent),
-              "files": len(item.paths), "bytes": item.size, "format": item.format,
-              "options": options.input_options(item.format), "settings": run_settings(options, tokenizer),
-              "tokens_per_shard": options.tokens_per_shard, "splits": tally.splits, "groups": tally.groups,
-              "filtered": tally.filtered, "skipped": tally.skipped, "first_skipped": tally.first_skipped}
+    record = {
+        "name": item.name,
+        "path": os.path.abspath(item.paths[0] if len(item.paths) == 1 else item.paths[0].parent),
+        "files": len(item.paths),
+        "bytes": item.size,
+        "format": item.format,
+        "options": options.input_options(item.format),
+        "settings": run_settings(options, tokenizer),
+        "tokens_per_shard": options.tokens_per_shard,
+        "splits": tally.splits,
+        "groups": tally.groups,
+        "filtered": tally.filtered,
+        "skipped": tally.skipped,
+        "first_skipped": tally.first_skipped,
+    }
     _write_json_atomically(options.output / DONE_FOLDER / f"{key}.json", record)
     return record
 
@@ -202,8 +264,10 @@ class Tally:
         self._report, self._unreported, self._last_report = report, Counter(), time.monotonic()
 
     def add(self, split: str, group: str, tokens: int, utf8_bytes: int) -> None:
-        for counts in (self.splits.setdefault(split, {"documents": 0, "tokens": 0}),
-                       self.groups.setdefault(group, {"documents": 0, "tokens": 0})):
+        for counts in (
+            self.splits.setdefault(split, {"documents": 0, "tokens": 0}),
+            self.groups.setdefault(group, {"documents": 0, "tokens": 0}),
+        ):
             counts["documents"] += 1
             counts["tokens"] += tokens
         self._unreported.update(documents=1, tokens=tokens, MB=utf8_bytes / 1e6)
@@ -219,7 +283,9 @@ class Tally:
             self.first_skipped.setdefault(skip.reason, f"{skip.location()}: {skip.message}")
 
     def send_report(self) -> None:
-        self._report(documents=self._unreported["documents"], tokens=self._unreported["tokens"], MB=self._unreported["MB"])
+        self._report(
+            documents=self._unreported["documents"], tokens=self._unreported["tokens"], MB=self._unreported["MB"]
+        )
         self._unreported, self._last_report = Counter(), time.monotonic()
 
 
@@ -240,6 +306,7 @@ def _write_json_atomically(path: Path, value) -> None:
 
 # ---- the run ----
 
+
 def run_settings(options: Options, tokenizer: Tokenizer) -> dict:
     """How documents became tokens: one value for a whole prepared folder."""
     return {"bos": options.bos, "eos": options.eos, "tokenizer_sha256": tokenizer.checksum()}
@@ -253,19 +320,25 @@ def load_records(output: Path) -> dict[str, dict]:
             record = json.loads(path.read_text())
             records[record["name"]] = record
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise UserError(f"{path}: cannot read it ({error!r}): expected a completion record "
-                            "(delete it to prepare that input again)") from None
+            raise UserError(
+                f"{path}: cannot read it ({error!r}): expected a completion record "
+                "(delete it to prepare that input again)"
+            ) from None
     if not records and (output / MANIFEST_NAME).exists():
-        raise UserError(f"{output}: holds a {MANIFEST_NAME} without {DONE_FOLDER}/ records: expected a new folder or "
-                        "one prepared by scripts/prepare_data.py")
+        raise UserError(
+            f"{output}: holds a {MANIFEST_NAME} without {DONE_FOLDER}/ records: expected a new folder or "
+            "one prepared by scripts/prepare_data.py"
+        )
     return records
 
 
 def check_settings(records: dict[str, dict], settings: dict, output: Path) -> None:
     for record in records.values():
         if record["settings"] != settings:
-            raise UserError(f"{output}: prepared with {_describe(record['settings'])}: expected the same settings to add "
-                            f"to it (this run: {_describe(settings)}); use a new --output folder")
+            raise UserError(
+                f"{output}: prepared with {_describe(record['settings'])}: expected the same settings to add "
+                f"to it (this run: {_describe(settings)}); use a new --output folder"
+            )
 
 
 def _describe(settings: dict) -> str:
@@ -277,19 +350,24 @@ def check_done(record: dict, item: Input, options: Options) -> None:
     its shards are whole."""
     differences = []
     if (record["bytes"], record["files"]) != (item.size, len(item.paths)):
-        differences.append(f"then {record['files']} file(s) of {record['bytes']:,} bytes, "
-                           f"now {len(item.paths)} of {item.size:,}")
+        differences.append(
+            f"then {record['files']} file(s) of {record['bytes']:,} bytes, now {len(item.paths)} of {item.size:,}"
+        )
     if record["options"] != options.input_options(item.format):
         differences.append(f"then {record['options']}, now {options.input_options(item.format)}")
     record_path = options.output / DONE_FOLDER / f"{input_key(item.name)}.json"
     if differences:
-        raise UserError(f"input {item.name}: already prepared in {options.output} differently ({'; '.join(differences)}): "
-                        f"expected the same file and options to resume; use a new --output, or delete {record_path} to redo it")
+        raise UserError(
+            f"input {item.name}: already prepared in {options.output} differently ({'; '.join(differences)}): "
+            f"expected the same file and options to resume; use a new --output, or delete {record_path} to redo it"
+        )
     for split, entry in record["splits"].items():
         tokens = sum(read_header(options.output / shard).num_tokens for shard in entry["shards"])
         if tokens != entry["tokens"]:
-            raise UserError(f"input {item.name}: its {split} shards hold {tokens:,} tokens: expected {entry['tokens']:,} "
-                            f"as recorded; delete {record_path} to redo it")
+            raise UserError(
+                f"input {item.name}: its {split} shards hold {tokens:,} tokens: expected {entry['tokens']:,} "
+                f"as recorded; delete {record_path} to redo it"
+            )
 
 
 def write_prepared_manifest(output: Path, tokenizer: Tokenizer, records: dict[str, dict], options: Options) -> Path:
@@ -308,9 +386,18 @@ def write_prepared_manifest(output: Path, tokenizer: Tokenizer, records: dict[st
         _add(skipped, record["skipped"])
     settings = {"bos": options.bos, "eos": options.eos, "document": _document_shape(options)}
     inputs = [{k: v for k, v in record.items() if k != "settings"} for record in ordered]
-    return write_manifest(output, tokenizer, dict(sorted(splits.items())), settings, tokenizer_file=TOKENIZER_COPY,
-                          prepared_by="scripts/prepare_data.py", groups=dict(sorted(groups.items())),
-                          documents_filtered=filtered, documents_skipped=skipped, inputs=inputs)
+    return write_manifest(
+        output,
+        tokenizer,
+        dict(sorted(splits.items())),
+        settings,
+        tokenizer_file=TOKENIZER_COPY,
+        prepared_by="scripts/prepare_data.py",
+        groups=dict(sorted(groups.items())),
+        documents_filtered=filtered,
+        documents_skipped=skipped,
+        inputs=inputs,
+    )
 
 
 def _add(total: dict, counts: dict) -> None:
@@ -364,7 +451,9 @@ def _start_worker(options: Options, reports) -> None:
 
 
 def _prepare_in_worker(item: Input) -> dict:
-    return prepare_input(item, _worker["options"], _worker["tokenizer"], lambda **counts: _worker["reports"].put(counts))
+    return prepare_input(
+        item, _worker["options"], _worker["tokenizer"], lambda **counts: _worker["reports"].put(counts)
+    )
 
 
 def _drain(reports, report) -> None:
@@ -397,12 +486,16 @@ def print_summary(output: Path, records: dict[str, dict], prepared: int, already
             first.setdefault(reason, where)
     print(f"prepared {prepared} input(s) into {output} ({already} done before); the folder holds {len(records)}:")
     for split, counts in sorted(splits.items()):
-        print(f"  {split}: {counts['documents']:,} documents, {counts['tokens']:,} tokens in {counts['shards']} shard(s)")
+        print(
+            f"  {split}: {counts['documents']:,} documents, {counts['tokens']:,} tokens in {counts['shards']} shard(s)"
+        )
     if filtered:
         print("  left out by choice: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(filtered.items())))
     if skipped:
-        print("  skipped as bad input (--strict stops at them instead): "
-              + "; ".join(f"{reason} {count:,} (first: {first[reason]})" for reason, count in sorted(skipped.items())))
+        print(
+            "  skipped as bad input (--strict stops at them instead): "
+            + "; ".join(f"{reason} {count:,} (first: {first[reason]})" for reason, count in sorted(skipped.items()))
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -410,13 +503,18 @@ def main(argv: list[str]) -> int:
     options = options_from(args)
     tokenizer = Tokenizer(options.tokenizer_path)
     if tokenizer.vocab_size > MAX_VOCAB:
-        raise UserError(f"tokenizer {options.tokenizer_path}: {tokenizer.vocab_size:,} pieces: expected at most "
-                        f"{MAX_VOCAB:,}, as shards store ids as uint16")
+        raise UserError(
+            f"tokenizer {options.tokenizer_path}: {tokenizer.vocab_size:,} pieces: expected at most "
+            f"{MAX_VOCAB:,}, as shards store ids as uint16"
+        )
     inputs = find_inputs(args.inputs, args.format)
     if args.languages:
         chosen = only_languages(inputs, {name.strip() for name in args.languages.split(",") if name.strip()})
-        print(f"prepare_data: --languages leaves out {len(inputs) - len(chosen)} of {len(inputs)} input(s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"prepare_data: --languages leaves out {len(inputs) - len(chosen)} of {len(inputs)} input(s)",
+            file=sys.stderr,
+            flush=True,
+        )
         inputs = chosen
     records = load_records(options.output)
     check_settings(records, run_settings(options, tokenizer), options.output)
@@ -428,8 +526,12 @@ def main(argv: list[str]) -> int:
             todo.append(item)
     options.output.mkdir(parents=True, exist_ok=True)
     copy_tokenizer(tokenizer, options.output)
-    print(f"prepare_data: {len(inputs)} input(s), {len(inputs) - len(todo)} done before; tokenizing with "
-          f"{options.tokenizer_path} into {options.output}", file=sys.stderr, flush=True)
+    print(
+        f"prepare_data: {len(inputs)} input(s), {len(inputs) - len(todo)} done before; tokenizing with "
+        f"{options.tokenizer_path} into {options.output}",
+        file=sys.stderr,
+        flush=True,
+    )
     last_manifest = time.monotonic()
 
     def on_done(record: dict) -> None:
@@ -442,8 +544,11 @@ def main(argv: list[str]) -> int:
     try:
         prepare_all(todo, options, args.workers, on_done)
     except KeyboardInterrupt:
-        print(f"interrupted: {len(records)} input(s) prepared are kept; run the same command again to resume",
-              file=sys.stderr, flush=True)
+        print(
+            f"interrupted: {len(records)} input(s) prepared are kept; run the same command again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     finally:
         if records:  # whatever was finished stays listed, also when a later input failed

@@ -16,7 +16,9 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The real Llama 2 tokenizer lives beside the checkout and is never committed into it.
-LLAMA2_TOKENIZER = Path(os.environ.get("TINYTITAN_LLAMA2_TOKENIZER", REPO_ROOT.parent / "shared/assets/llama2-tokenizer.model"))
+LLAMA2_TOKENIZER = Path(
+    os.environ.get("TINYTITAN_LLAMA2_TOKENIZER", REPO_ROOT.parent / "shared/assets/llama2-tokenizer.model")
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,8 +50,14 @@ def builtin_corpus(corpus_cache):
 def run_command(*argv: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a command from the repository root as a user would, capturing its output. The launchers
     use this test session's Python rather than setting up .venv."""
-    return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TINYTITAN_PYTHON": sys.executable, **(env or {})})
+    return subprocess.run(
+        argv,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TINYTITAN_PYTHON": sys.executable, **(env or {})},
+    )
 
 
 def run_python(*args: str, **kwargs) -> subprocess.CompletedProcess:

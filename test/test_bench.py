@@ -6,8 +6,17 @@ from conftest import run_python
 
 
 def test_bench_train_compares_ours_with_transformers(tmp_path):
-    result = run_python("scripts/bench_train.py", "--steps", "2", "--warmup", "1", "--json", str(tmp_path / "b.json"),
-                        "--markdown", str(tmp_path / "b.md"))
+    result = run_python(
+        "scripts/bench_train.py",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        str(tmp_path / "b.json"),
+        "--markdown",
+        str(tmp_path / "b.md"),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "b.json").read_text())
     names = [variant["name"] for variant in report["variants"]]

@@ -31,7 +31,9 @@ def test_documents_are_delimited_and_decode_to_the_real_text(builtin_corpus):
     assert prose.max() < tokenizer.vocab_size
     manifest = read_manifest(builtin_corpus.sources["prose"])
     assert np.count_nonzero(prose == tokenizer.bos_id) == manifest["splits"]["train"]["documents"]
-    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["validation"]["documents"] == len(prose_documents())
+    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["validation"]["documents"] == len(
+        prose_documents()
+    )
     first_document = prose[1 : np.flatnonzero(prose == tokenizer.eos_id)[0]]
     assert tokenizer.decode(first_document.tolist()) == prose_documents()[0]
     held_out = tokenizer.decode(validation[1 : np.flatnonzero(validation == tokenizer.eos_id)[0]].tolist())
@@ -63,5 +65,10 @@ def test_a_given_tokenizer_is_used_and_recorded(tmp_path, builtin_corpus):
     corpus = prepare_builtin_corpus(tmp_path, builtin_corpus.tokenizer_path)
     assert corpus.folder != builtin_corpus.folder  # keyed by the tokenizer's checksum
     assert json.loads((corpus.folder / "corpus.json").read_text())["tokenizer_trained_here"] is False
-    assert read_manifest(corpus.sources["prose"])["tokenizer"]["sha256"] == Tokenizer(builtin_corpus.tokenizer_path).checksum()
-    assert np.array_equal(split_tokens(corpus.sources["prose"], "train"), split_tokens(builtin_corpus.sources["prose"], "train"))
+    assert (
+        read_manifest(corpus.sources["prose"])["tokenizer"]["sha256"]
+        == Tokenizer(builtin_corpus.tokenizer_path).checksum()
+    )
+    assert np.array_equal(
+        split_tokens(corpus.sources["prose"], "train"), split_tokens(builtin_corpus.sources["prose"], "train")
+    )

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-
 from conftest import REPO_ROOT, run_command
+
 from tinytitan.checkpoint import published_steps
 from tinytitan.models.llama import FLAVORS, ModelArgs, build_model
 
@@ -20,10 +20,20 @@ STEPS = 20
 
 
 def overrides(run_root, corpus_cache, *extra):
-    return [f"--job.dump_folder={run_root}", f"--data.cache_dir={corpus_cache}", f"--training.steps={STEPS}",
-            "--training.seq_len=128", "--training.global_batch_tokens=1024", "--metrics.log_freq=1",
-            "--lr_scheduler.warmup_steps=5", "--checkpoint.enable", "--checkpoint.interval=10",
-            "--checkpoint.keep_latest_k=0", "--validation.eval_freq=0", *extra]
+    return [
+        f"--job.dump_folder={run_root}",
+        f"--data.cache_dir={corpus_cache}",
+        f"--training.steps={STEPS}",
+        "--training.seq_len=128",
+        "--training.global_batch_tokens=1024",
+        "--metrics.log_freq=1",
+        "--lr_scheduler.warmup_steps=5",
+        "--checkpoint.enable",
+        "--checkpoint.interval=10",
+        "--checkpoint.keep_latest_k=0",
+        "--validation.eval_freq=0",
+        *extra,
+    ]
 
 
 def micro_batch(ranks: int) -> str:
@@ -32,8 +42,15 @@ def micro_batch(ranks: int) -> str:
 
 def launch(args, ranks=1, extra_env=None) -> subprocess.Popen:
     env = {**os.environ, "TINYTITAN_PYTHON": sys.executable, "NGPU": str(ranks), **(extra_env or {})}
-    return subprocess.Popen(["./run_train.sh", *args, micro_batch(ranks)], cwd=REPO_ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        ["./run_train.sh", *args, micro_batch(ranks)],
+        cwd=REPO_ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def finish(process: subprocess.Popen, timeout=300) -> str:
@@ -84,7 +101,10 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, corpus_cache, unint
     output = finish(launch(args))
     assert "resumed from" in output and "step-10" in output
     assert losses(tmp_path / "debug") == losses(uninterrupted)  # exact, steps 1..20
-    resumed, reference = model_weights(tmp_path / "debug/checkpoints/step-20"), model_weights(uninterrupted / "checkpoints/step-20")
+    resumed, reference = (
+        model_weights(tmp_path / "debug/checkpoints/step-20"),
+        model_weights(uninterrupted / "checkpoints/step-20"),
+    )
     assert all(torch.equal(resumed[name], reference[name]) for name in reference)
 
 
@@ -150,12 +170,18 @@ def test_a_damaged_checkpoint_stops_with_one_line_and_is_left_alone(tmp_path, co
 def test_initial_load_of_another_model_is_refused(tmp_path, corpus_cache):
     other = ModelArgs(dim=96, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=4096, ffn_hidden_dim=200)
     dcp.save({"model": build_model(other, "cpu").state_dict()}, checkpoint_id=str(tmp_path / "other"), no_dist=True)
-    result = run_command("./run_train.sh", *overrides(tmp_path, corpus_cache, f"--checkpoint.initial_load_path={tmp_path / 'other'}"),
-                         micro_batch(1))
+    result = run_command(
+        "./run_train.sh",
+        *overrides(tmp_path, corpus_cache, f"--checkpoint.initial_load_path={tmp_path / 'other'}"),
+        micro_batch(1),
+    )
     assert result.returncode == 2
     assert f"error: checkpoint.initial_load_path {tmp_path / 'other'}: does not fit" in result.stderr
-    result = run_command("./run_train.sh", *overrides(tmp_path, corpus_cache, f"--checkpoint.initial_load_path={tmp_path}"),
-                         micro_batch(1))
+    result = run_command(
+        "./run_train.sh",
+        *overrides(tmp_path, corpus_cache, f"--checkpoint.initial_load_path={tmp_path}"),
+        micro_batch(1),
+    )
     assert result.returncode == 2 and "not a checkpoint" in result.stderr
 
 
@@ -179,5 +205,8 @@ def test_async_saves_publish_every_checkpoint_and_change_nothing(tmp_path, corpu
     # Published once written, while training goes on; not only when the next save starts.
     assert output.index("checkpoint saved: ") < output.index("step     20 ")
     assert losses(tmp_path / "debug") == losses(uninterrupted)
-    saved, reference = model_weights(tmp_path / "debug/checkpoints/step-20"), model_weights(uninterrupted / "checkpoints/step-20")
+    saved, reference = (
+        model_weights(tmp_path / "debug/checkpoints/step-20"),
+        model_weights(uninterrupted / "checkpoints/step-20"),
+    )
     assert all(torch.equal(saved[name], reference[name]) for name in reference)

@@ -1,8 +1,8 @@
 import dataclasses
 
 import pytest
-
 from conftest import run_python
+
 from tinytitan.config import ConfigError, DataSource, JobConfig, _type_name, help_text, load_config, to_toml
 
 
@@ -18,8 +18,16 @@ def test_no_arguments_gives_the_defaults():
 
 def test_command_line_overrides_the_file_and_later_flags_win(tmp_path):
     path = write(tmp_path, "[training]\nsteps = 5\nseq_len = 64\n[optimizer]\nlr = 1\n")
-    config = load_config([f"--job.config_file={path}", "--training.steps=7", "--training.steps", "9",
-                          "--compile.enable", "--optimizer.beta2=0.5"])
+    config = load_config(
+        [
+            f"--job.config_file={path}",
+            "--training.steps=7",
+            "--training.steps",
+            "9",
+            "--compile.enable",
+            "--optimizer.beta2=0.5",
+        ]
+    )
     assert config.training.steps == 9  # the later of two flags
     assert config.training.seq_len == 64  # from the file
     assert config.optimizer.lr == 1.0 and isinstance(config.optimizer.lr, float)  # int accepted for float
@@ -28,17 +36,31 @@ def test_command_line_overrides_the_file_and_later_flags_win(tmp_path):
 
 
 def test_data_sources_come_from_tables_or_an_inline_array(tmp_path):
-    path = write(tmp_path, "[data]\ndataset = \"sources\"\n[[data.sources]]\nname = \"slim\"\npath = \"/d/s\"\nweight = 7\n"
-                           "[[data.sources]]\nname = \"star\"\npath = \"/d/c\"\nweight = 0.3\n")
-    assert load_config([f"--job.config_file={path}"]).data.sources == [DataSource("slim", "/d/s", 7.0), DataSource("star", "/d/c", 0.3)]
-    inline = load_config([f"--job.config_file={path}", "--data.sources=[{name=\"x\", path=\"/x\"}]"])
+    path = write(
+        tmp_path,
+        '[data]\ndataset = "sources"\n[[data.sources]]\nname = "slim"\npath = "/d/s"\nweight = 7\n'
+        '[[data.sources]]\nname = "star"\npath = "/d/c"\nweight = 0.3\n',
+    )
+    assert load_config([f"--job.config_file={path}"]).data.sources == [
+        DataSource("slim", "/d/s", 7.0),
+        DataSource("star", "/d/c", 0.3),
+    ]
+    inline = load_config([f"--job.config_file={path}", '--data.sources=[{name="x", path="/x"}]'])
     assert inline.data.sources == [DataSource("x", "/x", 1.0)]  # replaces the file's list; default weight
 
 
 def test_saved_config_loads_back_to_the_same_config(tmp_path):
-    config = load_config(["--training.steps=3", "--job.name=a \"quoted\" name", "--metrics.enable_tensorboard=false",
-                          "--optimizer.lr=0.00123", "--lr_scheduler.min_lr=1e-5", "--data.dataset=sources",
-                          "--data.sources=[{name=\"a\", path=\"/p q\", weight=2}, {name=\"b\", path=\"/r\"}]"])
+    config = load_config(
+        [
+            "--training.steps=3",
+            '--job.name=a "quoted" name',
+            "--metrics.enable_tensorboard=false",
+            "--optimizer.lr=0.00123",
+            "--lr_scheduler.min_lr=1e-5",
+            "--data.dataset=sources",
+            '--data.sources=[{name="a", path="/p q", weight=2}, {name="b", path="/r"}]',
+        ]
+    )
     path = write(tmp_path, to_toml(config))
     reloaded = load_config([f"--job.config_file={path}"])
     assert dataclasses.replace(reloaded, job=dataclasses.replace(reloaded.job, config_file="")) == config
@@ -49,28 +71,31 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
     [
         ("[trainin]\nsteps = 1\n", [], ["job.toml", "unknown section 'trainin'", "training"]),
         ("[training]\nstepz = 1\n", [], ["job.toml", "unknown key 'training.stepz'", "training.steps"]),
-        ("[training]\nsteps = \"ten\"\n", [], ["job.toml", "training.steps = \"ten\"", "expected an integer >= 1"]),
+        ('[training]\nsteps = "ten"\n', [], ["job.toml", 'training.steps = "ten"', "expected an integer >= 1"]),
         ("[training]\nsteps = true\n", [], ["job.toml", "training.steps = true", "expected an integer"]),
         ("[training]\nsteps = 0\n", [], ["job.toml", "training.steps = 0", "expected an integer >= 1"]),
         ("[optimizer]\nlr = 0.0\n", [], ["job.toml", "optimizer.lr = 0.0", "expected a number > 0.0"]),
         ("[optimizer]\nbeta2 = 1.0\n", [], ["optimizer.beta2 = 1.0", "< 1.0"]),
-        ("[model]\nflavor = \"huge\"\n", [], ["model.flavor = \"huge\"", "one of 'debug', 'tinyllama_1b'"]),
+        ('[model]\nflavor = "huge"\n', [], ['model.flavor = "huge"', "one of 'debug', 'tinyllama_1b'"]),
         ("[training]\n[training.nested]\nx = 1\n", [], ["training.nested", "expected a value, got a table"]),
         ("steps = 3\n", [], ["top-level key 'steps'", "expected a [section] table"]),
         ("[training\n", [], ["job.toml", "not valid TOML"]),
-        ("", ["--training.steps=-3"], ["command line", "training.steps = \"-3\"", "expected an integer >= 1"]),
-        ("", ["--optimizer.lr=nan"], ["optimizer.lr = \"nan\"", "expected a number > 0.0"]),
-        ("", ["--compile.enable=maybe"], ["compile.enable = \"maybe\"", "expected a boolean"]),
+        ("", ["--training.steps=-3"], ["command line", 'training.steps = "-3"', "expected an integer >= 1"]),
+        ("", ["--optimizer.lr=nan"], ['optimizer.lr = "nan"', "expected a number > 0.0"]),
+        ("", ["--compile.enable=maybe"], ['compile.enable = "maybe"', "expected a boolean"]),
         ("", ["--training.seq_len=4096"], ["training.seq_len = 4096", "at most 1024", "'debug'"]),
         ("", ["--lr_scheduler.min_lr=1", "--optimizer.lr=0.1"], ["lr_scheduler.min_lr = 1.0", "at most optimizer.lr"]),
         ("", ["training.steps=3"], ["argument 'training.steps=3'", "--section.key=value"]),
         ("", ["--data.dataset=sources"], ["data.sources is empty", "[[data.sources]]"]),
-        ("[[data.sources]]\nname = \"a\"\npat = \"/x\"\n", [], ["job.toml", "unknown key 'data.sources[0].pat'"]),
-        ("[[data.sources]]\nname = \"a\"\npath = \"/x\"\nweight = 0\n", [], ["data.sources[0].weight = 0", "> 0.0"]),
+        ('[[data.sources]]\nname = "a"\npat = "/x"\n', [], ["job.toml", "unknown key 'data.sources[0].pat'"]),
+        ('[[data.sources]]\nname = "a"\npath = "/x"\nweight = 0\n', [], ["data.sources[0].weight = 0", "> 0.0"]),
         ("", ["--data.sources=[1, 2]"], ["data.sources: expected an array of tables with the keys name"]),
-        ("", ["--data.dataset=sources", "--data.sources=[{name=\"a\", path=\"/x\"}, {name=\"a\", path=\"/y\"}]"],
-         ["data.sources[1].name = \"a\"", "unique"]),
-        ("", ["--data.dataset=sources", "--data.sources=[{name=\"a\"}]"], ["data.sources[0]", "expected both to be set"]),
+        (
+            "",
+            ["--data.dataset=sources", '--data.sources=[{name="a", path="/x"}, {name="a", path="/y"}]'],
+            ['data.sources[1].name = "a"', "unique"],
+        ),
+        ("", ["--data.dataset=sources", '--data.sources=[{name="a"}]'], ["data.sources[0]", "expected both to be set"]),
     ],
 )
 def test_bad_config_names_source_key_value_and_expectation(tmp_path, toml, flags, expected):
@@ -116,7 +141,12 @@ def test_tinyllama_recipe_carries_the_published_hyperparameters():
     for recipe, ranks, accumulation in (("tinyllama_1b.toml", 16, 8), ("tinyllama_1b_1gpu.toml", 1, 128)):
         config = load_config([f"--job.config_file=train_configs/{recipe}"])
         t, o, s = config.training, config.optimizer, config.lr_scheduler
-        assert (config.model.flavor, t.seq_len, t.global_batch_tokens, t.steps) == ("tinyllama_1b", 2048, 2_097_152, 1_430_512)
+        assert (config.model.flavor, t.seq_len, t.global_batch_tokens, t.steps) == (
+            "tinyllama_1b",
+            2048,
+            2_097_152,
+            1_430_512,
+        )
         assert t.steps * t.global_batch_tokens >= 3e12 > (t.steps - 1) * t.global_batch_tokens  # 3T tokens
         assert (o.lr, s.min_lr, s.warmup_steps, s.decay_type) == (4e-4, 4e-5, 2000, "cosine")
         assert (o.weight_decay, o.beta1, o.beta2, t.max_norm) == (0.1, 0.9, 0.95, 1.0)

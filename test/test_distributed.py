@@ -8,26 +8,43 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT, run_command
 from test_checkpoint import finish, launch, losses, overrides, wait_for_checkpoint
+
 from tinytitan.checkpoint import published_steps
 from tinytitan.config import load_config
 from tinytitan.train import train
 
 
 def small_run(run_root, corpus_cache, *extra):
-    return [f"--job.dump_folder={run_root}", f"--data.cache_dir={corpus_cache}", "--training.steps=10",
-            "--training.seq_len=64", "--training.global_batch_tokens=512", "--metrics.log_freq=1",
-            "--lr_scheduler.warmup_steps=3", "--data.num_workers=0", "--validation.eval_freq=5", "--validation.eval_steps=2", *extra]
+    return [
+        f"--job.dump_folder={run_root}",
+        f"--data.cache_dir={corpus_cache}",
+        "--training.steps=10",
+        "--training.seq_len=64",
+        "--training.global_batch_tokens=512",
+        "--metrics.log_freq=1",
+        "--lr_scheduler.warmup_steps=3",
+        "--data.num_workers=0",
+        "--validation.eval_freq=5",
+        "--validation.eval_steps=2",
+        *extra,
+    ]
 
 
 def test_fsdp_on_two_ranks_gives_the_losses_of_one_rank(tmp_path, corpus_cache):
-    one = run_command("./run_train.sh", *small_run(tmp_path / "one", corpus_cache, "--training.micro_batch_size=8"), env={"NGPU": "1"})
+    one = run_command(
+        "./run_train.sh", *small_run(tmp_path / "one", corpus_cache, "--training.micro_batch_size=8"), env={"NGPU": "1"}
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     # Two ranks, with activation checkpointing, which must not change the numbers either.
-    two = run_command("./run_train.sh", *small_run(tmp_path / "two", corpus_cache, "--training.micro_batch_size=4",
-                                                   "--activation_checkpoint.mode=full"), env={"NGPU": "2"})
+    two = run_command(
+        "./run_train.sh",
+        *small_run(
+            tmp_path / "two", corpus_cache, "--training.micro_batch_size=4", "--activation_checkpoint.mode=full"
+        ),
+        env={"NGPU": "2"},
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     assert "2 rank(s)" in two.stdout
     expected, got = losses(tmp_path / "one/debug"), losses(tmp_path / "two/debug")
@@ -39,8 +56,16 @@ def test_fsdp_on_two_ranks_gives_the_losses_of_one_rank(tmp_path, corpus_cache):
 
 def test_compiled_blocks_give_the_losses_of_eager(tmp_path, corpus_cache):
     def run(*extra):
-        config = load_config(small_run(tmp_path, corpus_cache, "--training.steps=3", "--metrics.enable_tensorboard=false",
-                                       "--training.micro_batch_size=8", *extra))
+        config = load_config(
+            small_run(
+                tmp_path,
+                corpus_cache,
+                "--training.steps=3",
+                "--metrics.enable_tensorboard=false",
+                "--training.micro_batch_size=8",
+                *extra,
+            )
+        )
         return [record["loss"] for record in train(config) if "loss" in record]
 
     eager, compiled = run(), run("--compile.enable")
@@ -58,10 +83,25 @@ def free_port() -> int:
 def test_two_nodes_on_loopback_train_together(tmp_path, corpus_cache):
     port = free_port()
     args = small_run(tmp_path, corpus_cache, "--training.micro_batch_size=4", "--training.steps=4")
-    nodes = [subprocess.Popen(["./run_train.sh", *args], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env={**os.environ, "TINYTITAN_PYTHON": sys.executable, "NGPU": "1", "NNODES": "2",
-                                   "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-             for rank in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            ["./run_train.sh", *args],
+            cwd=REPO_ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "TINYTITAN_PYTHON": sys.executable,
+                "NGPU": "1",
+                "NNODES": "2",
+                "NODE_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+        )
+        for rank in (0, 1)
+    ]
     outputs = [finish(node) for node in nodes]
     assert "2 rank(s)" in outputs[0] and "done: steps 1..4" in outputs[0]
     assert sorted(losses(tmp_path / "debug")) == [1, 2, 3, 4]

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT
+
 from tinytitan.config import load_config
 from tinytitan.models.llama import FLAVORS, ModelArgs, build_model
 from tinytitan.train import train
@@ -50,20 +50,39 @@ def test_tinyllama_starts_near_the_uniform_loss_in_bf16():
 
 
 def test_bf16_compiled_debug_training_on_cuda(tmp_path, corpus_cache):
-    records = train(load_config([
-        f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}", f"--job.dump_folder={tmp_path}",
-        f"--data.cache_dir={corpus_cache}", "--training.steps=30", "--metrics.log_freq=10", "--compile.enable",
-        "--lr_scheduler.warmup_steps=5"]))
+    records = train(
+        load_config(
+            [
+                f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}",
+                f"--job.dump_folder={tmp_path}",
+                f"--data.cache_dir={corpus_cache}",
+                "--training.steps=30",
+                "--metrics.log_freq=10",
+                "--compile.enable",
+                "--lr_scheduler.warmup_steps=5",
+            ]
+        )
+    )
     assert records[-1]["loss"] < records[0]["loss"] - 2.0
     assert all(math.isfinite(r["grad_norm"]) for r in records)
 
 
 def test_triton_kernels_train_like_the_torch_references_on_cuda(tmp_path, corpus_cache):
     def losses(kernels):
-        records = train(load_config([
-            f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}", f"--job.dump_folder={tmp_path}",
-            f"--data.cache_dir={corpus_cache}", "--training.steps=5", "--metrics.log_freq=1",
-            "--training.mixed_precision=fp32", f"--model.kernels={kernels}", "--validation.eval_freq=0"]))
+        records = train(
+            load_config(
+                [
+                    f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}",
+                    f"--job.dump_folder={tmp_path}",
+                    f"--data.cache_dir={corpus_cache}",
+                    "--training.steps=5",
+                    "--metrics.log_freq=1",
+                    "--training.mixed_precision=fp32",
+                    f"--model.kernels={kernels}",
+                    "--validation.eval_freq=0",
+                ]
+            )
+        )
         return [r["loss"] for r in records]
 
     assert losses("triton") == pytest.approx(losses("torch"), rel=1e-4)

@@ -9,13 +9,13 @@ import shutil
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-
 from conftest import LLAMA2_TOKENIZER, run_command, run_python
+
 from tinytitan.data.builtin_corpus import code_documents, prose_documents
+from tinytitan.data.hf_tokenizer import write_hf_tokenizer
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
 from tinytitan.generation import Sampling, generate
-from tinytitan.data.hf_tokenizer import write_hf_tokenizer
 from tinytitan.models.hf_adapter import to_hf_name
 from tinytitan.models.hf_io import load_model
 from tinytitan.models.llama import FLAVORS, KVCache, build_model
@@ -85,12 +85,25 @@ def hf_tensors(folder) -> dict[str, torch.Tensor]:
 def trained(tmp_path_factory, corpus_cache):
     """The debug model trained a few steps on 2 ranks: its run folder and last checkpoint."""
     root = tmp_path_factory.mktemp("run")
-    check_ok(run_command(
-        "./run_train.sh", f"--job.dump_folder={root}", f"--data.cache_dir={corpus_cache}", f"--training.steps={STEPS}",
-        "--training.seq_len=64", "--training.global_batch_tokens=512", "--training.micro_batch_size=4",
-        "--optimizer.lr=3e-3", "--lr_scheduler.warmup_steps=1", "--checkpoint.enable", f"--checkpoint.interval={STEPS}",
-        "--validation.eval_freq=0", "--data.num_workers=0", "--metrics.enable_tensorboard=false",
-        env={"NGPU": "2", **ONE_THREAD}))
+    check_ok(
+        run_command(
+            "./run_train.sh",
+            f"--job.dump_folder={root}",
+            f"--data.cache_dir={corpus_cache}",
+            f"--training.steps={STEPS}",
+            "--training.seq_len=64",
+            "--training.global_batch_tokens=512",
+            "--training.micro_batch_size=4",
+            "--optimizer.lr=3e-3",
+            "--lr_scheduler.warmup_steps=1",
+            "--checkpoint.enable",
+            f"--checkpoint.interval={STEPS}",
+            "--validation.eval_freq=0",
+            "--data.num_workers=0",
+            "--metrics.enable_tensorboard=false",
+            env={"NGPU": "2", **ONE_THREAD},
+        )
+    )
     checkpoint = root / "debug" / "checkpoints" / f"step-{STEPS}"
     assert len(list(checkpoint.glob("*.distcp"))) == 2, "expected a checkpoint written by 2 ranks"
     return checkpoint
@@ -109,11 +122,26 @@ def train_small_tokenizer(path, **settings):
 
     lines = [line for doc in prose_documents()[:30] for line in doc.splitlines() if line.strip()]
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(**{
-        "sentence_iterator": iter(lines), "model_writer": model, "vocab_size": 320, "model_type": "bpe",
-        "byte_fallback": True, "split_digits": True, "remove_extra_whitespaces": False,
-        "allow_whitespace_only_pieces": True, "normalization_rule_name": "identity", "character_coverage": 0.98,
-        "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1, "minloglevel": 2, **settings})
+    spm.SentencePieceTrainer.train(
+        **{
+            "sentence_iterator": iter(lines),
+            "model_writer": model,
+            "vocab_size": 320,
+            "model_type": "bpe",
+            "byte_fallback": True,
+            "split_digits": True,
+            "remove_extra_whitespaces": False,
+            "allow_whitespace_only_pieces": True,
+            "normalization_rule_name": "identity",
+            "character_coverage": 0.98,
+            "unk_id": 0,
+            "bos_id": 1,
+            "eos_id": 2,
+            "pad_id": -1,
+            "minloglevel": 2,
+            **settings,
+        }
+    )
     path.write_bytes(model.getvalue())
     return path
 
@@ -128,9 +156,19 @@ def awkward_hf_model(seed: int = 0):
     """A random LlamaForCausalLM of awkward sizes (head_dim 16, 3 query heads per KV head, odd
     vocabulary), with weights large enough that its logits are peaked: greedy choices are clear."""
     config = transformers.LlamaConfig(
-        hidden_size=96, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, intermediate_size=200,
-        vocab_size=331, rms_norm_eps=1e-6, rope_theta=5000.0, max_position_embeddings=64, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2)
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=200,
+        vocab_size=331,
+        rms_norm_eps=1e-6,
+        rope_theta=5000.0,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
@@ -151,11 +189,19 @@ def awkward_folder(tmp_path_factory, small_tokenizer):
 
 # ---- export of a 2-rank training checkpoint ----
 
+
 def test_export_of_a_two_rank_checkpoint_loads_in_transformers_with_the_same_logits(trained, exported):
     out, stdout = exported
     assert f"wrote {out}" in stdout and "flavor 'debug'" in stdout and "float32" in stdout
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.model", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ):
         assert (out / name).is_file(), name
 
     ours = dcp_model(trained, FLAVORS["debug"])
@@ -205,6 +251,7 @@ def test_a_tokenizer_whose_ids_cannot_be_reproduced_is_refused(tmp_path):
 
 # ---- import, and the round trip ----
 
+
 def test_round_trip_hf_to_dcp_to_hf_is_bit_identical(awkward_folder, small_tokenizer, tmp_path):
     imported, back = tmp_path / "dcp", tmp_path / "back"
     stdout = check_ok(run_python(IMPORT, str(awkward_folder), str(imported), env=ONE_THREAD))
@@ -219,8 +266,17 @@ def test_round_trip_hf_to_dcp_to_hf_is_bit_identical(awkward_folder, small_token
         assert returned[name].dtype == tensor.dtype and torch.equal(returned[name], tensor), name
     before, after = (json.loads((folder / "config.json").read_text()) for folder in (awkward_folder, back))
     config = transformers.AutoConfig.from_pretrained(back, local_files_only=True)
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-                "vocab_size", "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings"):
+    for key in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "vocab_size",
+        "rms_norm_eps",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+    ):
         assert after[key] == before[key], key
     assert config.rope_parameters["rope_theta"] == 5000.0
     assert (back / "tokenizer.model").read_bytes() == small_tokenizer.read_bytes()
@@ -234,8 +290,12 @@ def test_import_of_pytorch_bin_weights_keeps_their_dtype(tmp_path):
     stdout = check_ok(run_python(IMPORT, str(folder), str(tmp_path / "dcp"), env=ONE_THREAD))
     assert "bfloat16" in stdout and "no tokenizer.model" in stdout
     metadata = dcp.FileSystemReader(str(tmp_path / "dcp")).read_metadata().state_dict_metadata
-    state = {"model": {name: torch.empty(value.size, dtype=value.properties.dtype)
-                       for name, value in ((key[len("model."):], value) for key, value in metadata.items())}}
+    state = {
+        "model": {
+            name: torch.empty(value.size, dtype=value.properties.dtype)
+            for name, value in ((key[len("model.") :], value) for key, value in metadata.items())
+        }
+    }
     dcp.load(state, checkpoint_id=str(tmp_path / "dcp"), no_dist=True)
     original = model.state_dict()
     assert {to_hf_name(name) for name in state["model"]} == set(original)
@@ -250,15 +310,27 @@ def test_an_imported_export_matches_its_flavor_and_starts_a_run(trained, exporte
     reference = dcp_model(trained, FLAVORS["debug"])
     got = dcp_model(imported, FLAVORS["debug"])
     assert all(torch.equal(got[name], tensor) for name, tensor in reference.items())
-    output = check_ok(run_command(
-        "./run_train.sh", f"--job.dump_folder={tmp_path / 'run'}", f"--data.cache_dir={corpus_cache}",
-        "--training.steps=1", "--training.seq_len=64", "--training.global_batch_tokens=256",
-        "--training.micro_batch_size=4", "--validation.eval_freq=0", "--data.num_workers=0",
-        "--metrics.enable_tensorboard=false", f"--checkpoint.initial_load_path={imported}", env=ONE_THREAD))
+    output = check_ok(
+        run_command(
+            "./run_train.sh",
+            f"--job.dump_folder={tmp_path / 'run'}",
+            f"--data.cache_dir={corpus_cache}",
+            "--training.steps=1",
+            "--training.seq_len=64",
+            "--training.global_batch_tokens=256",
+            "--training.micro_batch_size=4",
+            "--validation.eval_freq=0",
+            "--data.num_workers=0",
+            "--metrics.enable_tensorboard=false",
+            f"--checkpoint.initial_load_path={imported}",
+            env=ONE_THREAD,
+        )
+    )
     assert f"model initialised from {imported}" in output
 
 
 # ---- generation ----
+
 
 def test_kv_cache_gives_the_logits_of_a_full_recompute(awkward_folder):
     model, _ = load_model(awkward_folder, "cpu", torch.float32)
@@ -276,14 +348,22 @@ def test_kv_cache_gives_the_logits_of_a_full_recompute(awkward_folder):
 
 
 def test_greedy_generation_equals_transformers_generate(awkward_folder, exported):
-    prompt = [1, 45, 7, 200, 33, 120]
-    for folder, prompt in ((awkward_folder, prompt), (exported[0], [1] + Tokenizer(exported[0] / "tokenizer.model").encode("The list"))):
+    for folder, prompt in (
+        (awkward_folder, [1, 45, 7, 200, 33, 120]),
+        (exported[0], [1] + Tokenizer(exported[0] / "tokenizer.model").encode("The list")),
+    ):
         ours, _ = load_model(folder, "cpu", torch.float32)
         hf = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
         new = generate(ours, prompt, 40, eos_id=2)
-        expected = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                               max_new_tokens=40, do_sample=False, eos_token_id=2, pad_token_id=2)
-        assert new == expected[0, len(prompt):].tolist()
+        expected = hf.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=40,
+            do_sample=False,
+            eos_token_id=2,
+            pad_token_id=2,
+        )
+        assert new == expected[0, len(prompt) :].tolist()
         if folder == awkward_folder:
             assert len(set(new)) > 5, "the random model should not repeat itself: the test would be weak"
 
@@ -299,8 +379,21 @@ def test_generate_script_from_a_checkpoint_and_from_its_export(trained, exported
 
     sampling = Sampling(temperature=1.0, top_p=0.9)
     sampled = generate(model, prompt, 12, sampling, torch.Generator().manual_seed(7), eos_id=tokenizer.eos_id)
-    result = run_python(GENERATE, str(exported[0]), "--prompt", "The list of", "--max-new-tokens", "12",
-                        "--temperature", "1.0", "--top-p", "0.9", "--seed", "7", env=ONE_THREAD)
+    result = run_python(
+        GENERATE,
+        str(exported[0]),
+        "--prompt",
+        "The list of",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "1.0",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+        env=ONE_THREAD,
+    )
     assert check_ok(result) == tokenizer.decode(prompt + sampled) + "\n"
 
 
@@ -315,6 +408,7 @@ def test_top_p_keeps_only_the_most_likely_tokens():
 
 
 # ---- bad input ----
+
 
 def test_a_folder_that_is_not_a_checkpoint_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
@@ -333,19 +427,24 @@ def test_a_checkpoint_missing_a_rank_shard_is_refused(trained, tmp_path):
 
 
 def test_a_checkpoint_of_another_flavor_and_one_without_a_run_folder_are_refused(trained, tmp_path):
-    check_refused(run_python(EXPORT, str(trained), str(tmp_path / "out"), "--flavor", "tinyllama_1b", env=ONE_THREAD),
-                  "do not fit the model of flavor 'tinyllama_1b'")
+    check_refused(
+        run_python(EXPORT, str(trained), str(tmp_path / "out"), "--flavor", "tinyllama_1b", env=ONE_THREAD),
+        "do not fit the model of flavor 'tinyllama_1b'",
+    )
     loose = tmp_path / "loose"
     shutil.copytree(trained, loose)
     check_refused(run_python(EXPORT, str(loose), str(tmp_path / "out"), env=ONE_THREAD), "pass --flavor")
     assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"tie_word_embeddings": True}, "tie_word_embeddings=true"),
-    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0}}, "rope type 'linear'"),
-    ({"attention_bias": True}, "attention_bias=true"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tie_word_embeddings": True}, "tie_word_embeddings=true"),
+        ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0}}, "rope type 'linear'"),
+        ({"attention_bias": True}, "attention_bias=true"),
+    ],
+)
 def test_an_hf_config_that_fits_no_model_is_refused(awkward_folder, tmp_path, change, message):
     folder = tmp_path / "hf"
     shutil.copytree(awkward_folder, folder)

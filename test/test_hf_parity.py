@@ -5,15 +5,28 @@ import torch
 
 from tinytitan.errors import UserError
 from tinytitan.models.hf_adapter import (
-    from_hf_config, from_hf_state_dict, to_hf_config, to_hf_name, to_hf_state_dict,
+    from_hf_config,
+    from_hf_state_dict,
+    to_hf_config,
+    to_hf_name,
+    to_hf_state_dict,
 )
 from tinytitan.models.llama import FLAVORS, ModelArgs, build_model
 
 transformers = pytest.importorskip("transformers")
 
 # Awkward sizes: head_dim 16, 3 query heads per KV head, odd vocabulary, non-default eps and theta.
-ARGS = ModelArgs(dim=96, n_layers=3, n_heads=6, n_kv_heads=2, vocab_size=301, ffn_hidden_dim=200,
-                 norm_eps=1e-6, rope_theta=5000.0, max_seq_len=64)
+ARGS = ModelArgs(
+    dim=96,
+    n_layers=3,
+    n_heads=6,
+    n_kv_heads=2,
+    vocab_size=301,
+    ffn_hidden_dim=200,
+    norm_eps=1e-6,
+    rope_theta=5000.0,
+    max_seq_len=64,
+)
 
 
 def random_model(args: ModelArgs, seed: int):
@@ -62,15 +75,18 @@ def test_config_round_trips_through_a_transformers_config():
         assert from_hf_config(to_hf_config(args)) == args
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"model_type": "mistral"}, "model_type='mistral': expected 'llama'"),
-    ({"model_type": "llama", "tie_word_embeddings": True}, "untied output head"),
-    ({"model_type": "llama", "hidden_size": 64}, "no 'num_attention_heads'"),
-    ({**to_hf_config(ARGS), "head_dim": 32}, "head_dim=32: expected"),
-    ({**to_hf_config(ARGS), "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
-    ({**to_hf_config(ARGS), "hidden_act": "gelu"}, "hidden_act='gelu': expected 'silu'"),
-    ({**to_hf_config(ARGS), "attention_bias": True}, "attention_bias=true: expected no biases"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"model_type": "mistral"}, "model_type='mistral': expected 'llama'"),
+        ({"model_type": "llama", "tie_word_embeddings": True}, "untied output head"),
+        ({"model_type": "llama", "hidden_size": 64}, "no 'num_attention_heads'"),
+        ({**to_hf_config(ARGS), "head_dim": 32}, "head_dim=32: expected"),
+        ({**to_hf_config(ARGS), "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
+        ({**to_hf_config(ARGS), "hidden_act": "gelu"}, "hidden_act='gelu': expected 'silu'"),
+        ({**to_hf_config(ARGS), "attention_bias": True}, "attention_bias=true: expected no biases"),
+    ],
+)
 def test_unsupported_configs_are_refused(config, message):
     with pytest.raises(UserError, match=message):
         from_hf_config(config)
@@ -94,8 +110,10 @@ def test_our_kernels_folder_does_not_pose_as_the_hub_kernels_package():
 def test_a_checkout_that_was_not_installed_still_finds_the_kernels():
     from conftest import REPO_ROOT, run_python
 
-    code = ("import sys; sys.meta_path = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]; "
-            f"sys.path.insert(0, {str(REPO_ROOT)!r}); import tinytitan.kernels.rmsnorm as r; print(r.__file__)")
+    code = (
+        "import sys; sys.meta_path = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]; "
+        f"sys.path.insert(0, {str(REPO_ROOT)!r}); import tinytitan.kernels.rmsnorm as r; print(r.__file__)"
+    )
     result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(REPO_ROOT / "kernels" / "rmsnorm.py")

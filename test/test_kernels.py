@@ -19,18 +19,22 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT
+
 from tinytitan.kernels import _common
-from tinytitan.kernels.cross_entropy import (cross_entropy_reference, cross_entropy_triton,
-                                             linear_cross_entropy_reference, linear_cross_entropy_triton)
+from tinytitan.kernels.cross_entropy import (
+    cross_entropy_reference,
+    cross_entropy_triton,
+    linear_cross_entropy_reference,
+    linear_cross_entropy_triton,
+)
 from tinytitan.kernels.rmsnorm import rms_norm_reference, rms_norm_triton
 from tinytitan.kernels.rotary import rotary_reference, rotary_tables, rotary_triton
 from tinytitan.kernels.swiglu import swiglu_reference, swiglu_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16]
-BF16_HALF_UNIT = 2.0 ** -9
+BF16_HALF_UNIT = 2.0**-9
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -39,8 +43,14 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.double() - expected).abs().max() / expected.abs().max().clamp(min=1e-30)).item()
 
 
-def check(name: str, ours: torch.Tensor, ref: torch.Tensor, oracle: torch.Tensor | None, fp32_tolerance: float = 1e-5,
-          low_precision: bool | None = None):
+def check(
+    name: str,
+    ours: torch.Tensor,
+    ref: torch.Tensor,
+    oracle: torch.Tensor | None,
+    fp32_tolerance: float = 1e-5,
+    low_precision: bool | None = None,
+):
     """`ours` and `ref` computed from the same inputs; `oracle` is the reference on them in float32.
     low_precision: whether bfloat16 took part (by default, whether `ref` is bfloat16)."""
     assert ours.dtype == ref.dtype, f"{name}: dtype {ours.dtype}, reference {ref.dtype}"
@@ -54,7 +64,9 @@ def check(name: str, ours: torch.Tensor, ref: torch.Tensor, oracle: torch.Tensor
     else:
         ours_error, ref_error = relative_error(ours, oracle), relative_error(ref, oracle)
         bound = 2.5 * ref_error + BF16_HALF_UNIT
-        assert ours_error <= bound, f"{name}: error {ours_error:.2e} vs the float32 oracle; the reference's is {ref_error:.2e}"
+        assert ours_error <= bound, (
+            f"{name}: error {ours_error:.2e} vs the float32 oracle; the reference's is {ref_error:.2e}"
+        )
 
 
 def run_with_grads(fn, inputs: list, grad_of: list[int], upstream: torch.Tensor | None, upcast: bool = False):
@@ -72,8 +84,15 @@ def run_with_grads(fn, inputs: list, grad_of: list[int], upstream: torch.Tensor 
     return [out.detach(), *grads]
 
 
-def compare(name: str, ours_fn, ref_fn, inputs: list, grad_of: list[int], upstream: torch.Tensor | None,
-            fp32_tolerance: float = 1e-5):
+def compare(
+    name: str,
+    ours_fn,
+    ref_fn,
+    inputs: list,
+    grad_of: list[int],
+    upstream: torch.Tensor | None,
+    fp32_tolerance: float = 1e-5,
+):
     ours = run_with_grads(ours_fn, inputs, grad_of, upstream)
     ref = run_with_grads(ref_fn, inputs, grad_of, upstream)
     oracle = run_with_grads(ref_fn, inputs, grad_of, None if upstream is None else upstream.float(), upcast=True)
@@ -97,8 +116,14 @@ def test_rms_norm_matches_reference(dtype):
     x = randn(3, 11, 100, dtype=dtype, scale=3.0)  # 33 rows, width not a power of two
     weight = randn(100, dtype=dtype) * 0.2 + 1
     upstream = randn(3, 11, 100, dtype=dtype)
-    compare("rms_norm", lambda x, w: rms_norm_triton(x, w, 1e-5), lambda x, w: rms_norm_reference(x, w, 1e-5),
-            [x, weight], [0, 1], upstream)
+    compare(
+        "rms_norm",
+        lambda x, w: rms_norm_triton(x, w, 1e-5),
+        lambda x, w: rms_norm_reference(x, w, 1e-5),
+        [x, weight],
+        [0, 1],
+        upstream,
+    )
 
 
 def test_rms_norm_of_views_and_mixed_dtypes():
@@ -108,8 +133,14 @@ def test_rms_norm_of_views_and_mixed_dtypes():
     x = randn(7, 5, 72, dtype=torch.bfloat16).transpose(0, 1)
     weight = randn(72) * 0.2 + 1
     upstream = randn(5, 7, 72)
-    compare("rms_norm", lambda x, w: rms_norm_triton(x, w, 1e-6), lambda x, w: rms_norm_reference(x, w, 1e-6),
-            [x, weight], [0, 1], upstream)
+    compare(
+        "rms_norm",
+        lambda x, w: rms_norm_triton(x, w, 1e-6),
+        lambda x, w: rms_norm_reference(x, w, 1e-6),
+        [x, weight],
+        [0, 1],
+        upstream,
+    )
     assert rms_norm_triton(x, weight, 1e-6).dtype == torch.float32
     # As in the reference, the normalised row is rounded to x's dtype before the weight scales it:
     # with a float32 weight of ones, every output is a bfloat16 value.
@@ -171,18 +202,22 @@ def test_rotary_of_q_and_k_views_of_a_fused_projection(dtype):
 
     def q_and_k(rotary):
         def fn(projection):
-            q = projection[..., :heads * head_dim].view(batch, seq, heads, head_dim)
-            k = projection[..., heads * head_dim:(heads + kv_heads) * head_dim].view(batch, seq, kv_heads, head_dim)
+            q = projection[..., : heads * head_dim].view(batch, seq, heads, head_dim)
+            k = projection[..., heads * head_dim : (heads + kv_heads) * head_dim].view(batch, seq, kv_heads, head_dim)
             assert not q.is_contiguous() and not k.is_contiguous()
             q_out, k_out = rotary(q, cos, sin), rotary(k, cos, sin)
             # One scalar to differentiate, whose gradient reaches q_out and k_out as exactly the upstream ones.
             return torch.cat([(q_out * upstream_q).flatten(), (k_out * upstream_k).flatten()]).float().sum()
+
         return fn
 
     compare("rotary", q_and_k(rotary_triton), q_and_k(rotary_reference), [projection], [0], None)
-    check("rotary q", rotary_triton(projection[..., :heads * head_dim].view(batch, seq, heads, head_dim), cos, sin),
-          rotary_reference(projection[..., :heads * head_dim].view(batch, seq, heads, head_dim), cos, sin),
-          rotary_reference(projection[..., :heads * head_dim].view(batch, seq, heads, head_dim).float(), cos, sin))
+    check(
+        "rotary q",
+        rotary_triton(projection[..., : heads * head_dim].view(batch, seq, heads, head_dim), cos, sin),
+        rotary_reference(projection[..., : heads * head_dim].view(batch, seq, heads, head_dim), cos, sin),
+        rotary_reference(projection[..., : heads * head_dim].view(batch, seq, heads, head_dim).float(), cos, sin),
+    )
 
 
 def test_rotary_of_a_gapped_last_dimension_and_its_gradient():
@@ -191,8 +226,14 @@ def test_rotary_of_a_gapped_last_dimension_and_its_gradient():
     torch.manual_seed(5)
     cos, sin = rotary_tables(10, 5, 500.0, device=DEVICE)
     x = randn(3, 5, 3, 20)[..., ::2]
-    compare("rotary", lambda x: rotary_triton(x, cos, sin), lambda x: rotary_reference(x, cos, sin),
-            [x], [0], randn(3, 5, 3, 10))
+    compare(
+        "rotary",
+        lambda x: rotary_triton(x, cos, sin),
+        lambda x: rotary_reference(x, cos, sin),
+        [x],
+        [0],
+        randn(3, 5, 3, 10),
+    )
     x = x.clone().requires_grad_()
     rotated = rotary_triton(x, cos, sin)
     (back,) = torch.autograd.grad(rotated, x, rotated)  # R^T R x = x for a rotation
@@ -206,15 +247,17 @@ def test_rotary_of_a_gapped_last_dimension_and_its_gradient():
 def lm_inputs(n_tokens, dim, vocab, dtype, scale=1.0, ignored=(), seed=0):
     torch.manual_seed(seed)
     hidden = randn(n_tokens, dim, dtype=dtype, scale=scale)
-    weight = randn(vocab, dim, dtype=dtype, scale=dim ** -0.5)
+    weight = randn(vocab, dim, dtype=dtype, scale=dim**-0.5)
     labels = torch.randint(0, vocab, (n_tokens,), device=DEVICE)
     labels[list(ignored)] = -100
     return hidden, weight, labels
 
 
 def linear_loss_fns(labels, **kwargs):
-    return (lambda h, w: linear_cross_entropy_triton(h, w, labels, **kwargs),
-            lambda h, w: linear_cross_entropy_reference(h, w, labels, **kwargs))
+    return (
+        lambda h, w: linear_cross_entropy_triton(h, w, labels, **kwargs),
+        lambda h, w: linear_cross_entropy_reference(h, w, labels, **kwargs),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -295,7 +338,9 @@ def largest_allocation(fn) -> int:
     return max(e.cpu_memory_usage for e in prof.events() if e.name.startswith("aten::"))
 
 
-@pytest.mark.skipif(DEVICE != "cpu", reason="measures CPU allocations; on CUDA see test_fused_loss_never_holds_the_logits")
+@pytest.mark.skipif(
+    DEVICE != "cpu", reason="measures CPU allocations; on CUDA see test_fused_loss_never_holds_the_logits"
+)
 def test_linear_cross_entropy_never_holds_the_logits():
     """The reference makes [tokens, vocab] float32 logits in one allocation; the fused loss makes
     them a chunk at a time (hidden is [200, 16], so a chunk holds about that much)."""
@@ -304,7 +349,9 @@ def test_linear_cross_entropy_never_holds_the_logits():
     weight.requires_grad_()
     logits_bytes = 200 * 300 * 4
     assert largest_allocation(lambda: linear_cross_entropy_reference(hidden, weight, labels).backward()) >= logits_bytes
-    assert largest_allocation(lambda: linear_cross_entropy_triton(hidden, weight, labels).backward()) <= logits_bytes / 4
+    assert (
+        largest_allocation(lambda: linear_cross_entropy_triton(hidden, weight, labels).backward()) <= logits_bytes / 4
+    )
 
 
 def test_out_of_range_label_makes_the_loss_nan():
@@ -320,8 +367,14 @@ def test_cross_entropy_of_logits_matches_reference(dtype):
     logits = randn(3, 5, 203, dtype=dtype, scale=5.0)[..., :201]
     labels = torch.randint(0, 201, (3, 5), device=DEVICE)
     labels[1, 2:] = -100
-    compare("cross_entropy", lambda x: cross_entropy_triton(x, labels), lambda x: cross_entropy_reference(x, labels),
-            [logits], [0], torch.tensor(0.5, device=DEVICE))
+    compare(
+        "cross_entropy",
+        lambda x: cross_entropy_triton(x, labels),
+        lambda x: cross_entropy_reference(x, labels),
+        [logits],
+        [0],
+        torch.tensor(0.5, device=DEVICE),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +387,10 @@ def bad_calls():
     h, W, labels = randn(4, 8), randn(10, 8), torch.zeros(4, dtype=torch.long, device=DEVICE)
     q, cos, sin = randn(1, 3, 2, 8), randn(3, 8), randn(3, 8)
     return [
-        (lambda: rms_norm_triton(x.half(), w, 1e-5), "x has dtype torch.float16: expected torch.float32 or torch.bfloat16"),
+        (
+            lambda: rms_norm_triton(x.half(), w, 1e-5),
+            "x has dtype torch.float16: expected torch.float32 or torch.bfloat16",
+        ),
         (lambda: rms_norm_triton(x, randn(7), 1e-5), r"weight has shape \(7,\): expected \(8,\)"),
         (lambda: rms_norm_triton(x, w[None], 1e-5), r"weight has shape \(1, 8\): expected 1 dimensions"),
         (lambda: rms_norm_triton(x.sum(), w, 1e-5), r"x has shape \(\): expected at least 1 dimension"),
@@ -342,21 +398,48 @@ def bad_calls():
         (lambda: rms_norm_triton(x.tolist(), w, 1e-5), "x is a list: expected a torch.Tensor"),
         (lambda: rms_norm_triton(x, w.to("meta"), 1e-5), "x on .*, weight on meta: expected all on one device"),
         (lambda: swiglu_triton(x, x[..., :4]), r"up has shape \(2, 3, 4\): expected the shape of gate \(2, 3, 8\)"),
-        (lambda: swiglu_triton(x, x.to(bf16)), "up has dtype torch.bfloat16: expected the dtype of gate, torch.float32"),
+        (
+            lambda: swiglu_triton(x, x.to(bf16)),
+            "up has dtype torch.bfloat16: expected the dtype of gate, torch.float32",
+        ),
         (lambda: swiglu_triton(x.long(), x.long()), "gate has dtype torch.int64"),
         (lambda: rotary_triton(q[0], cos, sin), r"x has shape \(3, 2, 8\): expected 4 dimensions"),
         (lambda: rotary_triton(q, cos[:2], sin), r"cos has shape \(2, 8\): expected \(3, 8\)"),
         (lambda: rotary_triton(q, cos, sin.to(bf16)), "sin has dtype torch.bfloat16: expected torch.float32"),
         (lambda: rotary_triton(q[..., :7], cos[:, :7], sin[:, :7]), "expected an even head_dim"),
-        (lambda: linear_cross_entropy_triton(h[None], W, labels), r"hidden has shape \(1, 4, 8\): expected 2 dimensions"),
-        (lambda: linear_cross_entropy_triton(h, W[:, :6], labels), r"weight has shape \(10, 6\): expected \[vocab, 8\]"),
+        (
+            lambda: linear_cross_entropy_triton(h[None], W, labels),
+            r"hidden has shape \(1, 4, 8\): expected 2 dimensions",
+        ),
+        (
+            lambda: linear_cross_entropy_triton(h, W[:, :6], labels),
+            r"weight has shape \(10, 6\): expected \[vocab, 8\]",
+        ),
         (lambda: linear_cross_entropy_triton(h, W, labels[:3]), r"labels has shape \(3,\): expected \(4,\)"),
-        (lambda: linear_cross_entropy_triton(h, W, labels.float()), "labels has dtype torch.float32: expected torch.int32 or torch.int64"),
-        (lambda: linear_cross_entropy_triton(h, W.to(bf16), labels), "weight has dtype torch.bfloat16: expected the dtype of hidden, torch.float32"),
-        (lambda: linear_cross_entropy_triton(h, W, labels, z_loss=-0.1), "z_loss is -0.1: expected a non-negative number"),
-        (lambda: linear_cross_entropy_triton(h, W, labels, ignore_index=-1.5), "ignore_index is -1.5: expected an integer"),
-        (lambda: cross_entropy_triton(randn(2, 3, 10), labels[:4].view(2, 2)), r"labels has shape \(2, 2\): expected \(2, 3\)"),
-        (lambda: cross_entropy_triton(randn(10, dtype=f32), labels[:1]), r"logits has shape \(10,\): expected at least 2"),
+        (
+            lambda: linear_cross_entropy_triton(h, W, labels.float()),
+            "labels has dtype torch.float32: expected torch.int32 or torch.int64",
+        ),
+        (
+            lambda: linear_cross_entropy_triton(h, W.to(bf16), labels),
+            "weight has dtype torch.bfloat16: expected the dtype of hidden, torch.float32",
+        ),
+        (
+            lambda: linear_cross_entropy_triton(h, W, labels, z_loss=-0.1),
+            "z_loss is -0.1: expected a non-negative number",
+        ),
+        (
+            lambda: linear_cross_entropy_triton(h, W, labels, ignore_index=-1.5),
+            "ignore_index is -1.5: expected an integer",
+        ),
+        (
+            lambda: cross_entropy_triton(randn(2, 3, 10), labels[:4].view(2, 2)),
+            r"labels has shape \(2, 2\): expected \(2, 3\)",
+        ),
+        (
+            lambda: cross_entropy_triton(randn(10, dtype=f32), labels[:1]),
+            r"logits has shape \(10,\): expected at least 2",
+        ),
     ]
 
 
@@ -412,7 +495,10 @@ def op_samples():
         (cross_entropy.linear_cross_entropy, (leaf(6, 16), leaf(50, 16), labels, -100, 0.01, True)),
         (cross_entropy.linear_cross_entropy, (randn(6, 16), randn(50, 16), labels, -100, 0.0, False)),
         (cross_entropy.cross_entropy_forward, (leaf(6, 50), labels, -100)),
-        (cross_entropy.cross_entropy_backward, (torch.tensor(1.0, device=DEVICE), randn(6, 50), labels, randn(6), -100)),
+        (
+            cross_entropy.cross_entropy_backward,
+            (torch.tensor(1.0, device=DEVICE), randn(6, 50), labels, randn(6), -100),
+        ),
     ]
 
 
@@ -432,8 +518,8 @@ def small_model_piece(x, norm_weight, qkv, cos, sin, w_gate_up, out_weight, labe
     swiglu = swiglu_triton if use_triton else swiglu_reference
     h = norm(x, norm_weight, 1e-5)
     projected = h @ qkv.t()
-    q = projected[..., :heads * head_dim].unflatten(-1, (heads, head_dim))
-    k = projected[..., heads * head_dim:].unflatten(-1, (heads, head_dim))
+    q = projected[..., : heads * head_dim].unflatten(-1, (heads, head_dim))
+    k = projected[..., heads * head_dim :].unflatten(-1, (heads, head_dim))
     h = h + (rotary(q, cos, sin) * rotary(k, cos, sin)).flatten(-2)
     h = swiglu(*(h @ w_gate_up.t()).chunk(2, dim=-1))
     flat_h, flat_labels = h.flatten(0, 1), labels.flatten()
@@ -508,8 +594,9 @@ def test_kernels_compile_for_a_gpu_without_one():
     every kernel ahead of time for an H100 (sm_90), in a process without the interpreter."""
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", AOT_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", AOT_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("compiled") == 8, result.stdout
 
@@ -517,14 +604,18 @@ def test_kernels_compile_for_a_gpu_without_one():
 def test_references_work_where_triton_is_missing():
     """Triton is Linux-only: elsewhere the model still imports the references, and the Triton
     functions say what is missing."""
-    script = ("import sys; sys.modules['triton'] = None\n"  # makes `import triton` fail
-              "import torch\n"
-              "import tinytitan.models.llama\n"
-              "from tinytitan.kernels.rmsnorm import rms_norm_reference, rms_norm_triton\n"
-              "assert rms_norm_reference(torch.ones(2, 4), torch.ones(4), 1e-5).shape == (2, 4)\n"
-              "rms_norm_triton(torch.ones(2, 4), torch.ones(4), 1e-5)\n")
+    script = (
+        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` fail
+        "import torch\n"
+        "import tinytitan.models.llama\n"
+        "from tinytitan.kernels.rmsnorm import rms_norm_reference, rms_norm_triton\n"
+        "assert rms_norm_reference(torch.ones(2, 4), torch.ones(4), 1e-5).shape == (2, 4)\n"
+        "rms_norm_triton(torch.ones(2, 4), torch.ones(4), 1e-5)\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "RuntimeError: rms_norm_triton needs Triton, which is not installed" in result.stderr, result.stderr
+    assert (
+        result.returncode != 0 and "RuntimeError: rms_norm_triton needs Triton, which is not installed" in result.stderr
+    ), result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,8 +623,13 @@ def test_references_work_where_triton_is_missing():
 
 
 def test_bench_kernels_smoke_run_prints_its_table():
-    result = subprocess.run([sys.executable, "scripts/bench_kernels.py", "--smoke"], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_kernels.py", "--smoke"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert table[0].startswith("| kernel | implementation |"), result.stdout
@@ -563,14 +659,26 @@ def test_inductor_compile_of_the_kernels_matches_eager():
 def test_kernels_at_tinyllama_widths(dtype):
     torch.manual_seed(8)
     x, weight = randn(4, 256, 2048, dtype=dtype), randn(2048, dtype=dtype) * 0.1 + 1
-    compare("rms_norm", lambda x, w: rms_norm_triton(x, w, 1e-5), lambda x, w: rms_norm_reference(x, w, 1e-5),
-            [x, weight], [0, 1], randn(4, 256, 2048, dtype=dtype))
+    compare(
+        "rms_norm",
+        lambda x, w: rms_norm_triton(x, w, 1e-5),
+        lambda x, w: rms_norm_reference(x, w, 1e-5),
+        [x, weight],
+        [0, 1],
+        randn(4, 256, 2048, dtype=dtype),
+    )
     gate, up = randn(2, 256, 5632, dtype=dtype), randn(2, 256, 5632, dtype=dtype)
     compare("swiglu", swiglu_triton, swiglu_reference, [gate, up], [0, 1], randn(2, 256, 5632, dtype=dtype))
     cos, sin = rotary_tables(64, 512, 10000.0, device=DEVICE)
-    q = randn(2, 512, 32 * 64 + 8 * 64, dtype=dtype)[..., :32 * 64].unflatten(-1, (32, 64))
-    compare("rotary", lambda q: rotary_triton(q, cos, sin), lambda q: rotary_reference(q, cos, sin),
-            [q], [0], randn(2, 512, 32, 64, dtype=dtype))
+    q = randn(2, 512, 32 * 64 + 8 * 64, dtype=dtype)[..., : 32 * 64].unflatten(-1, (32, 64))
+    compare(
+        "rotary",
+        lambda q: rotary_triton(q, cos, sin),
+        lambda q: rotary_reference(q, cos, sin),
+        [q],
+        [0],
+        randn(2, 512, 32, 64, dtype=dtype),
+    )
     hidden, out_weight, labels = lm_inputs(1024, 2048, 32000, dtype, ignored=range(0, 1024, 7))
     ours, ref = linear_loss_fns(labels, z_loss=1e-4)
     compare("linear_cross_entropy", ours, ref, [hidden, out_weight], [0, 1], None, fp32_tolerance=2e-5)
@@ -594,7 +702,8 @@ def test_fused_loss_never_holds_the_logits():
     assert extra < 16384 * 32000 * 2, f"peak {extra / 2**20:.0f} MiB above the inputs"
     ours = [loss.detach(), hidden.grad, weight.grad]
     ref = run_with_grads(lambda h, w: linear_cross_entropy_reference(h, w, labels), [hidden, weight], [0, 1], None)
-    oracle = run_with_grads(lambda h, w: linear_cross_entropy_reference(h, w, labels), [hidden, weight], [0, 1], None,
-                            upcast=True)
+    oracle = run_with_grads(
+        lambda h, w: linear_cross_entropy_reference(h, w, labels), [hidden, weight], [0, 1], None, upcast=True
+    )
     for name, a, b, c in zip(["loss", "d(hidden)", "d(weight)"], ours, ref, oracle):
         check(name, a, b, c, low_precision=True)

@@ -16,10 +16,18 @@ def test_tinyllama_costs_7_31_gflop_per_token_at_2048():
     assert flops / 1e9 == pytest.approx(7.31, abs=0.005)
 
 
-@pytest.mark.parametrize("name, peak", [
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-    ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12), ("Some Future GPU", None),
-])
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-40GB", 312e12),
+        ("NVIDIA L40S", 362e12),
+        ("NVIDIA L4", 121e12),
+        ("Some Future GPU", None),
+    ],
+)
 def test_peak_table_matches_device_names(name, peak):
     assert peak_flops_of(name) == peak
 

@@ -39,8 +39,14 @@ def test_init_follows_tinyllama_standard_deviations():
     model = build_model(args, "cpu")
     init_std, out_std = math.sqrt(2 / (5 * 512)), 1 / math.sqrt(512) / 4
     block = model.layers["2"]
-    for weight in (model.tok_embeddings.weight, model.output.weight, block.attention.wq.weight,
-                   block.attention.wk.weight, block.feed_forward.w1.weight, block.feed_forward.w3.weight):
+    for weight in (
+        model.tok_embeddings.weight,
+        model.output.weight,
+        block.attention.wq.weight,
+        block.attention.wk.weight,
+        block.feed_forward.w1.weight,
+        block.feed_forward.w3.weight,
+    ):
         assert weight.std().item() == pytest.approx(init_std, rel=0.03)
         assert abs(weight.mean().item()) < init_std / 20
     for weight in (block.attention.wo.weight, block.feed_forward.w2.weight):
@@ -76,7 +82,9 @@ def rotary_by_complex_numbers(x, theta):
     """Independent RoPE: pair dimension i with i + half as the complex number x_i + j x_{i+half}."""
     seq, half = x.shape[1], x.shape[-1] // 2
     inv_freq = theta ** (-torch.arange(half, dtype=torch.float64) * 2 / x.shape[-1])
-    rotation = torch.polar(torch.ones(seq, half, dtype=torch.float64), torch.outer(torch.arange(seq, dtype=torch.float64), inv_freq))
+    rotation = torch.polar(
+        torch.ones(seq, half, dtype=torch.float64), torch.outer(torch.arange(seq, dtype=torch.float64), inv_freq)
+    )
     z = torch.complex(x[..., :half].double(), x[..., half:].double()) * rotation[:, None, :]
     return torch.cat((z.real, z.imag), dim=-1).float()
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT, run_python
+
 from tinytitan.data.manifest import read_manifest, split_shards
 from tinytitan.data.shards import open_shard
 from tinytitan.data.tokenizer import Tokenizer
@@ -25,9 +25,13 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import prepare_data  # noqa: E402
 
 SETS = ["RedPajamaC4", "RedPajamaGithub", "RedPajamaBook", "RedPajamaArXiv"]
-PHRASES = ["The quick brown fox jumps over the lazy dog.", "naïve café, Straße, 東京 and 🙂 in one line.",
-           "def add(a, b):\n    return a + b\n", "Numbers 12345 and 3.14159 split into digits.",
-           "  indented\ttabs\n\nand a blank line"]
+PHRASES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "naïve café, Straße, 東京 and 🙂 in one line.",
+    "def add(a, b):\n    return a + b\n",
+    "Numbers 12345 and 3.14159 split into digits.",
+    "  indented\ttabs\n\nand a blank line",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +41,24 @@ def tokenizer(builtin_corpus) -> Tokenizer:
 
 def texts(prefix: str, count: int) -> list[str]:
     """Distinct documents of varied text (prose, code, digits, non-ASCII)."""
-    return [f"{prefix} {i}: " + " ".join(PHRASES[(i + k) % len(PHRASES)] for k in range(1 + i % 3)) for i in range(count)]
+    return [
+        f"{prefix} {i}: " + " ".join(PHRASES[(i + k) % len(PHRASES)] for k in range(1 + i % 3)) for i in range(count)
+    ]
 
 
 def slimpajama_rows(prefix: str, count: int) -> list[dict]:
-    return [{"text": text, "meta": {"redpajama_set_name": SETS[i % len(SETS)]}} for i, text in enumerate(texts(prefix, count))]
+    return [
+        {"text": text, "meta": {"redpajama_set_name": SETS[i % len(SETS)]}}
+        for i, text in enumerate(texts(prefix, count))
+    ]
 
 
 def write_lines(path: Path, lines: list, zst: bool = False, frames: int = 1) -> Path:
     """JSON lines (dicts, or raw str/bytes lines as given), compressed in `frames` zstd frames."""
-    raw = [line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()
-           for line in lines]
+    raw = [
+        line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()
+        for line in lines
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     if not zst:
         path.write_bytes(b"".join(line + b"\n" for line in raw))
@@ -55,7 +66,7 @@ def write_lines(path: Path, lines: list, zst: bool = False, frames: int = 1) -> 
     import zstandard
 
     step = -(-len(raw) // frames)
-    parts = [b"".join(line + b"\n" for line in raw[i:i + step]) for i in range(0, len(raw), step)]
+    parts = [b"".join(line + b"\n" for line in raw[i : i + step]) for i in range(0, len(raw), step)]
     path.write_bytes(b"".join(zstandard.ZstdCompressor().compress(part) for part in parts))
     return path
 
@@ -95,15 +106,22 @@ def folder_contents(folder: Path) -> tuple[dict, dict]:
 
 # ---- the layouts ----
 
+
 def test_slimpajama_keeps_every_token_of_the_kept_sets_and_leaves_out_github(tmp_path, tokenizer):
-    files = {"train/chunk1/example_train_0.jsonl.zst": slimpajama_rows("a", 13),
-             "train/chunk2/example_train_1.jsonl.zst": slimpajama_rows("b", 9)}
+    files = {
+        "train/chunk1/example_train_0.jsonl.zst": slimpajama_rows("a", 13),
+        "train/chunk2/example_train_1.jsonl.zst": slimpajama_rows("b", 9),
+    }
     for name, rows in files.items():
         write_lines(tmp_path / "SlimPajama" / name, rows, zst=True, frames=3)
     prepare(tokenizer, tmp_path / "SlimPajama/train", "--output", tmp_path / "out")
 
-    kept = [row["text"] for name in sorted(files) for row in files[name]
-            if row["meta"]["redpajama_set_name"] != "RedPajamaGithub"]
+    kept = [
+        row["text"]
+        for name in sorted(files)
+        for row in files[name]
+        if row["meta"]["redpajama_set_name"] != "RedPajamaGithub"
+    ]
     github = sum(row["meta"]["redpajama_set_name"] == "RedPajamaGithub" for rows in files.values() for row in rows)
     assert tokens_of(tmp_path / "out", "train") == expected(tokenizer, kept)
     manifest = read_manifest(tmp_path / "out")
@@ -118,11 +136,17 @@ def test_slimpajama_keeps_every_token_of_the_kept_sets_and_leaves_out_github(tmp
     assert (tmp_path / "out" / manifest["tokenizer_file"]).read_bytes() == tokenizer.path.read_bytes()
 
 
-@pytest.mark.parametrize("flags, kept_sets", [
-    (["--include-sets", "RedPajamaBook,RedPajamaArXiv"], {"RedPajamaBook", "RedPajamaArXiv"}),
-    (["--exclude-sets", ""], set(SETS)),
-    (["--exclude-sets", "RedPajamaC4,RedPajamaGithub", "--format", "slimpajama"], {"RedPajamaBook", "RedPajamaArXiv"}),
-])
+@pytest.mark.parametrize(
+    "flags, kept_sets",
+    [
+        (["--include-sets", "RedPajamaBook,RedPajamaArXiv"], {"RedPajamaBook", "RedPajamaArXiv"}),
+        (["--exclude-sets", ""], set(SETS)),
+        (
+            ["--exclude-sets", "RedPajamaC4,RedPajamaGithub", "--format", "slimpajama"],
+            {"RedPajamaBook", "RedPajamaArXiv"},
+        ),
+    ],
+)
 def test_set_filter(tmp_path, tokenizer, flags, kept_sets):
     rows = slimpajama_rows("s", 16)
     write_lines(tmp_path / "sp/chunk1/x.jsonl.zst", rows, zst=True)
@@ -136,8 +160,11 @@ def test_set_filter(tmp_path, tokenizer, flags, kept_sets):
 
 def write_starcoderdata(root: Path) -> dict[str, list[str]]:
     """Two languages, python in two files; the other files of a download are not inputs."""
-    files = {"python/train-00000-of-00002.parquet": texts("py0", 6), "python/train-00001-of-00002.parquet": texts("py1", 5),
-             "java/train-00000-of-00001.parquet": texts("java", 4)}
+    files = {
+        "python/train-00000-of-00002.parquet": texts("py0", 6),
+        "python/train-00001-of-00002.parquet": texts("py1", 5),
+        "java/train-00000-of-00001.parquet": texts("java", 4),
+    }
     for name, contents in files.items():
         write_parquet(root / name, contents)
     (root / "README.md").write_text("# StarCoderData\n")
@@ -153,7 +180,9 @@ def test_starcoderdata_language_filter(tmp_path, tokenizer, capsys):
     assert tokens_of(tmp_path / "python", "train") == expected(tokenizer, python)
     manifest = read_manifest(tmp_path / "python")
     assert list(manifest["groups"]) == ["python"] and manifest["groups"]["python"]["documents"] == len(python)
-    assert [r["name"] for r in manifest["inputs"]] == [f"starcoderdata/{n}" for n in sorted(files) if n.startswith("python/")]
+    assert [r["name"] for r in manifest["inputs"]] == [
+        f"starcoderdata/{n}" for n in sorted(files) if n.startswith("python/")
+    ]
 
     prepare(tokenizer, tmp_path / "starcoderdata", "--format", "starcoder", "--output", tmp_path / "all")
     everything = [text for name in sorted(files) for text in files[name]]
@@ -176,11 +205,21 @@ def test_plain_jsonl_jsonl_zst_and_txt(tmp_path, tokenizer):
     assert manifest["documents_filtered"] == {"empty text": 1}
     inputs = manifest["inputs"]
     assert [(r["name"], r["format"], r["splits"]["train"]["documents"]) for r in inputs] == [
-        ("mine/a.jsonl", "jsonl", 5), ("mine/b.jsonl.zst", "jsonl", 7), ("notes", "txt", 3)]
+        ("mine/a.jsonl", "jsonl", 5),
+        ("mine/b.jsonl.zst", "jsonl", 7),
+        ("notes", "txt", 3),
+    ]
 
 
-@pytest.mark.parametrize("flags, bos, eos", [([], True, True), (["--no-bos"], False, True),
-                                             (["--no-eos"], True, False), (["--no-bos", "--no-eos"], False, False)])
+@pytest.mark.parametrize(
+    "flags, bos, eos",
+    [
+        ([], True, True),
+        (["--no-bos"], False, True),
+        (["--no-eos"], True, False),
+        (["--no-bos", "--no-eos"], False, False),
+    ],
+)
 def test_bos_and_eos_flags(tmp_path, tokenizer, flags, bos, eos):
     documents = texts("d", 6)
     write_lines(tmp_path / "d.jsonl", [{"text": t} for t in documents])
@@ -205,6 +244,7 @@ def test_many_shards_per_input_hold_whole_documents(tmp_path, tokenizer):
 
 # ---- splits ----
 
+
 def test_holdout_is_a_deterministic_share_of_each_input(tmp_path, tokenizer):
     contents = texts("code", 300)
     for language in ("go", "python"):  # the same documents under two input names
@@ -214,7 +254,9 @@ def test_holdout_is_a_deterministic_share_of_each_input(tmp_path, tokenizer):
     index_of = {tuple(tokenizer.encode(text, bos=True, eos=True)): i for i, text in enumerate(contents)}
     assert len(index_of) == len(contents)
     inputs = read_manifest(tmp_path / "out")["inputs"]
-    assert [r["name"] for r in inputs] == [f"sc/{language}/train-00000-of-00001.parquet" for language in ("go", "python")]
+    assert [r["name"] for r in inputs] == [
+        f"sc/{language}/train-00000-of-00001.parquet" for language in ("go", "python")
+    ]
     chosen = {}  # split -> (go's document indices, python's)
     for split in ("train", "validation"):
         indices = [index_of[d] for d in documents_of(tokens_of(tmp_path / "out", split), tokenizer.bos_id)]
@@ -251,8 +293,11 @@ def test_splits_of_two_runs_merge_into_one_manifest(tmp_path, tokenizer):
     merged = folder_contents(out)
     prepare(tokenizer, root / "validation", "--split", "validation", "--output", out)  # done before: nothing changes
     assert folder_contents(out) == merged
-    with pytest.raises(UserError, match=r"input train/chunk1/example_train_0\.jsonl\.zst: already prepared in .* differently "
-                                        r"\(then \{'split': 'train'.*now \{'split': 'validation'"):
+    with pytest.raises(
+        UserError,
+        match=r"input train/chunk1/example_train_0\.jsonl\.zst: already prepared in .* differently "
+        r"\(then \{'split': 'train'.*now \{'split': 'validation'",
+    ):
         prepare(tokenizer, root / "train", "--split", "validation", "--output", out)
 
 
@@ -263,6 +308,7 @@ def _decompressed_lines(path: Path) -> list[str]:
 
 
 # ---- resuming ----
+
 
 def write_numbered_inputs(data: Path, count: int) -> None:
     for i in range(count):
@@ -296,9 +342,13 @@ def test_a_killed_run_resumes_to_the_shards_of_one_run(tmp_path, tokenizer):
     os.mkfifo(data / "p2.jsonl")
     flags = ["--tokenizer", str(tokenizer.path), "--tokens-per-shard", "100"]
     log = (tmp_path / "log").open("w")
-    run = subprocess.Popen([sys.executable, "scripts/prepare_data.py", str(data), "--output", str(out), "--workers", "1",
-                            *flags],
-                           cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True)
+    run = subprocess.Popen(
+        [sys.executable, "scripts/prepare_data.py", str(data), "--output", str(out), "--workers", "1", *flags],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     writer = None
     try:
         writer = _wait_for(run, lambda: _open_for_writing(data / "p2.jsonl"))  # p0 and p1 are done
@@ -339,12 +389,23 @@ def _wait_for(run: subprocess.Popen, condition, timeout_s: float = 60.0):
 
 # ---- as a user runs it ----
 
+
 def test_the_script_with_worker_processes_matches_one_process(tmp_path, tokenizer):
     files = write_starcoderdata(tmp_path / "starcoderdata")
     write_lines(tmp_path / "sp/chunk1/x.jsonl.zst", slimpajama_rows("s", 10), zst=True)
     inputs = [tmp_path / "starcoderdata", tmp_path / "sp"]
-    result = run_python("scripts/prepare_data.py", *map(str, inputs), "--output", str(tmp_path / "parallel"),
-                        "--holdout-fraction", "0.3", "--tokenizer", str(tokenizer.path), "--workers", "2")
+    result = run_python(
+        "scripts/prepare_data.py",
+        *map(str, inputs),
+        "--output",
+        str(tmp_path / "parallel"),
+        "--holdout-fraction",
+        "0.3",
+        "--tokenizer",
+        str(tokenizer.path),
+        "--workers",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     assert "train:" in result.stdout and "validation:" in result.stdout
     assert all(rate in result.stderr for rate in ("documents/s", "tokens/s", "MB/s"))
@@ -362,8 +423,18 @@ def test_an_error_is_one_line_and_keeps_what_was_done(tmp_path, tokenizer):
     whole_bytes = broken.read_bytes()
     broken.write_bytes(whole_bytes[: len(whole_bytes) // 2])
 
-    result = run_python("scripts/prepare_data.py", str(data), "--output", str(tmp_path / "out"), "--tokens-per-shard", "100",
-                        "--tokenizer", str(tokenizer.path), "--workers", "1")
+    result = run_python(
+        "scripts/prepare_data.py",
+        str(data),
+        "--output",
+        str(tmp_path / "out"),
+        "--tokens-per-shard",
+        "100",
+        "--tokenizer",
+        str(tokenizer.path),
+        "--workers",
+        "1",
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr
@@ -379,10 +450,13 @@ def test_an_error_is_one_line_and_keeps_what_was_done(tmp_path, tokenizer):
 
 # ---- bad input ----
 
+
 def _truncated_zst(data: Path):
     path = write_lines(data / "t.jsonl.zst", [{"text": t} for t in texts("t", 60)], zst=True)
     path.write_bytes(path.read_bytes()[:-20])
-    return [data], r"t\.jsonl\.zst: the zstd stream is truncated or corrupt after line \d+ .*expected a complete \.zst file"
+    return [
+        data
+    ], r"t\.jsonl\.zst: the zstd stream is truncated or corrupt after line \d+ .*expected a complete \.zst file"
 
 
 def _not_zstd(data: Path):
@@ -428,8 +502,20 @@ def _two_inputs_of_one_name(data: Path):
     return [data / "x/a.jsonl", data / "y/x/a.jsonl"], r"are both named 'x/a\.jsonl'"
 
 
-@pytest.mark.parametrize("make", [_truncated_zst, _not_zstd, _unreadable_parquet, _parquet_without_content, _empty_glob,
-                                  _missing_path, _folder_without_inputs, _unknown_file_name, _two_inputs_of_one_name])
+@pytest.mark.parametrize(
+    "make",
+    [
+        _truncated_zst,
+        _not_zstd,
+        _unreadable_parquet,
+        _parquet_without_content,
+        _empty_glob,
+        _missing_path,
+        _folder_without_inputs,
+        _unknown_file_name,
+        _two_inputs_of_one_name,
+    ],
+)
 def test_bad_files_are_one_line_errors_and_leave_nothing(tmp_path, tokenizer, make):
     data = tmp_path / "data"
     data.mkdir()
@@ -447,6 +533,7 @@ def _jsonl_with(bad_line: bytes, *flags):
         lines = [json.dumps({"text": t, "meta": {"redpajama_set_name": "RedPajamaC4"}}).encode() for t in GOOD]
         write_lines(data / "x.jsonl", lines[:2] + [bad_line] + lines[2:])
         return [data / "x.jsonl", *flags], r"x\.jsonl line 3: "
+
     return make
 
 
@@ -462,19 +549,36 @@ def _txt_not_utf8(data: Path):
     return [data], r"2b\.txt: "
 
 
-@pytest.mark.parametrize("make, reason, message", [
-    (_jsonl_with(b'{"text": "cut off'), "invalid JSON",
-     r"invalid JSON \(.* at column \d+\): expected one JSON object per line"),
-    (_jsonl_with(b'["a list"]'), "invalid JSON", r"a JSON list: expected one JSON object per line"),
-    (_jsonl_with(b'{"content": "elsewhere"}'), "missing text", r"no field 'text': expected the document as a string in 'text'"),
-    (_jsonl_with(b'{"text": 42}'), "missing text", r"'text' is a int: expected"),
-    (_jsonl_with(b'{"text": "caf\xe9"}'), "invalid UTF-8", r"invalid UTF-8 at byte \d+: expected UTF-8 JSON"),
-    (_jsonl_with(b'{"text": "half a pair \\ud800"}'), "invalid Unicode", r"text holds '\\ud800' .*expected valid Unicode"),
-    (_jsonl_with(b'{"text": "no set"}', "--format", "slimpajama"), "missing set name",
-     r"no string field meta\.redpajama_set_name: expected SlimPajama's lines"),
-    (_null_content, "missing content", r"null 'content': expected the code as a string"),
-    (_txt_not_utf8, "invalid UTF-8", r"invalid UTF-8 at byte 3: expected a UTF-8 text file"),
-])
+@pytest.mark.parametrize(
+    "make, reason, message",
+    [
+        (
+            _jsonl_with(b'{"text": "cut off'),
+            "invalid JSON",
+            r"invalid JSON \(.* at column \d+\): expected one JSON object per line",
+        ),
+        (_jsonl_with(b'["a list"]'), "invalid JSON", r"a JSON list: expected one JSON object per line"),
+        (
+            _jsonl_with(b'{"content": "elsewhere"}'),
+            "missing text",
+            r"no field 'text': expected the document as a string in 'text'",
+        ),
+        (_jsonl_with(b'{"text": 42}'), "missing text", r"'text' is a int: expected"),
+        (_jsonl_with(b'{"text": "caf\xe9"}'), "invalid UTF-8", r"invalid UTF-8 at byte \d+: expected UTF-8 JSON"),
+        (
+            _jsonl_with(b'{"text": "half a pair \\ud800"}'),
+            "invalid Unicode",
+            r"text holds '\\ud800' .*expected valid Unicode",
+        ),
+        (
+            _jsonl_with(b'{"text": "no set"}', "--format", "slimpajama"),
+            "missing set name",
+            r"no string field meta\.redpajama_set_name: expected SlimPajama's lines",
+        ),
+        (_null_content, "missing content", r"null 'content': expected the code as a string"),
+        (_txt_not_utf8, "invalid UTF-8", r"invalid UTF-8 at byte 3: expected a UTF-8 text file"),
+    ],
+)
 def test_bad_documents_are_counted_skips_or_errors_with_strict(tmp_path, tokenizer, make, reason, message):
     data = tmp_path / "data"
     data.mkdir()
@@ -498,13 +602,19 @@ def test_blank_lines_and_empty_documents_are_counted_but_not_errors(tmp_path, to
     assert tokens_of(tmp_path / "out", "train") == expected(tokenizer, GOOD[:2])
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--exclude-sets", "RedPajamaGit"], r"--exclude-sets RedPajamaGit: expected RedPajama set names: .*RedPajamaGithub"),
-    (["--languages", "cobol,python"], r"--languages: no parquet files for cobol: .*\(found: python\)"),
-    (["--holdout-fraction", "1.5"], r"--holdout-fraction 1\.5: expected a fraction in \[0, 1\)"),
-    (["--split", "validation", "--holdout-fraction", "0.1"], r"expected one or the other"),
-    (["--split", "Train-2"], r"--split 'Train-2': expected lowercase letters"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--exclude-sets", "RedPajamaGit"],
+            r"--exclude-sets RedPajamaGit: expected RedPajama set names: .*RedPajamaGithub",
+        ),
+        (["--languages", "cobol,python"], r"--languages: no parquet files for cobol: .*\(found: python\)"),
+        (["--holdout-fraction", "1.5"], r"--holdout-fraction 1\.5: expected a fraction in \[0, 1\)"),
+        (["--split", "validation", "--holdout-fraction", "0.1"], r"expected one or the other"),
+        (["--split", "Train-2"], r"--split 'Train-2': expected lowercase letters"),
+    ],
+)
 def test_bad_options(tmp_path, tokenizer, flags, message):
     write_parquet(tmp_path / "sc/python/train-0.parquet", GOOD)
     with pytest.raises(UserError, match=message):
@@ -516,7 +626,9 @@ def test_a_folder_takes_one_tokenizer_and_one_document_shape(tmp_path, tokenizer
     prepare(tokenizer, tmp_path / "x.jsonl", "--output", tmp_path / "out")
     before = folder_contents(tmp_path / "out")
     write_lines(tmp_path / "y.jsonl", [{"text": t} for t in GOOD])
-    with pytest.raises(UserError, match=r"prepared with bos=True eos=True .*expected the same settings .*this run: bos=False"):
+    with pytest.raises(
+        UserError, match=r"prepared with bos=True eos=True .*expected the same settings .*this run: bos=False"
+    ):
         prepare(tokenizer, tmp_path / "y.jsonl", "--output", tmp_path / "out", "--no-bos")
     assert folder_contents(tmp_path / "out") == before
 
@@ -531,7 +643,9 @@ def test_a_folder_takes_one_tokenizer_and_one_document_shape(tmp_path, tokenizer
 
 
 def test_the_default_tokenizer(tmp_path):
-    assert prepare_data.find_tokenizer(None, {"TINYTITAN_TOKENIZER": "/x/t.model"}, tmp_path / "repo") == Path("/x/t.model")
+    assert prepare_data.find_tokenizer(None, {"TINYTITAN_TOKENIZER": "/x/t.model"}, tmp_path / "repo") == Path(
+        "/x/t.model"
+    )
     with pytest.raises(UserError, match=r"no tokenizer: expected --tokenizer"):
         prepare_data.find_tokenizer(None, {}, tmp_path / "repo")
     shared = tmp_path / "shared/assets/llama2-tokenizer.model"
@@ -543,12 +657,15 @@ def test_the_default_tokenizer(tmp_path):
 def test_the_tokenization_benchmark_smoke_mode(tmp_path, tokenizer):
     import bench_data
 
-    result = run_python("scripts/bench_data.py", "--smoke", "--tokenizer", str(tokenizer.path),
-                        "--json", str(tmp_path / "b.json"))
+    result = run_python(
+        "scripts/bench_data.py", "--smoke", "--tokenizer", str(tokenizer.path), "--json", str(tmp_path / "b.json")
+    )
     assert result.returncode == 0, result.stderr
     assert "tokens/s per worker" in result.stdout and "loader, 1 rank, 2 worker(s)" in result.stdout
     measured = json.loads((tmp_path / "b.json").read_text())
     prepared = measured["prepare_data"]
     assert prepared["documents"] + prepared["left_out"] == len(bench_data.generated_documents(2.0))  # the whole corpus
     assert prepared["tokens_per_second_per_worker"] > 0 and measured["tokenizer_alone"]["tokens"] > 0
-    assert measured["loader"]["workers_0_tokens_per_second"] > 0 and measured["loader"]["workers_2_tokens_per_second"] > 0
+    assert (
+        measured["loader"]["workers_0_tokens_per_second"] > 0 and measured["loader"]["workers_2_tokens_per_second"] > 0
+    )

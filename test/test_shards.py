@@ -37,11 +37,14 @@ def test_writer_packs_documents_into_shards_without_losing_any(tmp_path):
     assert sum(h.num_documents for h, _ in opened) == 50
 
 
-@pytest.mark.parametrize("tokens, vocab, message", [
-    ([1, 2, 1000], 1000, "span 1..1000: expected 0..999"),
-    ([-1, 2], 1000, "span -1..2"),
-    ([1], 70_000, "vocab_size=70000"),
-])
+@pytest.mark.parametrize(
+    "tokens, vocab, message",
+    [
+        ([1, 2, 1000], 1000, "span 1..1000: expected 0..999"),
+        ([-1, 2], 1000, "span -1..2"),
+        ([1], 70_000, "vocab_size=70000"),
+    ],
+)
 def test_out_of_range_ids_are_refused(tmp_path, tokens, vocab, message):
     with pytest.raises(UserError, match=message):
         write_shard(tmp_path / "x.bin", tokens, 1, vocab)
@@ -54,14 +57,17 @@ def good_shard(tmp_path):
     return path, path.read_bytes()
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (lambda raw: raw[: HEADER_BYTES + 150], "150 bytes|expected 264"),  # truncated
-    (lambda raw: raw + b"\0\0", "266 bytes on disk: expected 264"),  # appended
-    (lambda raw: b"NOTSHARD" + raw[8:], "not a tinytitan token shard"),
-    (lambda raw: raw[:8] + (2).to_bytes(4, "little") + raw[12:], "format version 2: expected 1"),
-    (lambda raw: raw[:12] + (7).to_bytes(4, "little") + raw[16:], "dtype code 7"),
-    (lambda raw: raw[:10], "not a tinytitan token shard"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda raw: raw[: HEADER_BYTES + 150], "150 bytes|expected 264"),  # truncated
+        (lambda raw: raw + b"\0\0", "266 bytes on disk: expected 264"),  # appended
+        (lambda raw: b"NOTSHARD" + raw[8:], "not a tinytitan token shard"),
+        (lambda raw: raw[:8] + (2).to_bytes(4, "little") + raw[12:], "format version 2: expected 1"),
+        (lambda raw: raw[:12] + (7).to_bytes(4, "little") + raw[16:], "dtype code 7"),
+        (lambda raw: raw[:10], "not a tinytitan token shard"),
+    ],
+)
 def test_damaged_shards_are_reported_with_their_path(tmp_path, corrupt, message):
     path, raw = good_shard(tmp_path)
     path.write_bytes(corrupt(raw))

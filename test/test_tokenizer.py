@@ -1,13 +1,13 @@
 import pytest
-
 from conftest import LLAMA2_TOKENIZER
+
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
 
 MIXED_TEXT = (
     "The quick brown fox — naïve café, 1234567 digits, emoji 🦙 and Ελληνικά.\n\n"
     "def fibonacci(n: int) -> int:\n"
-    "    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
+    '    """Return the n-th Fibonacci number."""\n'
     "    a, b = 0, 1\n"
     "    for _ in range(n):\n"
     "\ta, b = b, a + b  # tab-indented\n"

@@ -1,8 +1,8 @@
 """End to end: the launcher and the training loop on the debug model and the built-in corpus."""
 
 import pytest
-
 from conftest import LLAMA2_TOKENIZER, REPO_ROOT, run_command
+
 from tinytitan.config import load_config
 from tinytitan.errors import UserError
 from tinytitan.optim import lr_at_step
@@ -18,8 +18,14 @@ def scalars(tensorboard_dir):
 
 
 def test_run_train_sh_trains_the_debug_model_and_the_loss_falls(tmp_path, corpus_cache):
-    result = run_command("./run_train.sh", "--training.steps=20", f"--job.dump_folder={tmp_path}",
-                         f"--data.cache_dir={corpus_cache}", "--metrics.log_freq=5", "--lr_scheduler.warmup_steps=5")
+    result = run_command(
+        "./run_train.sh",
+        "--training.steps=20",
+        f"--job.dump_folder={tmp_path}",
+        f"--data.cache_dir={corpus_cache}",
+        "--metrics.log_freq=5",
+        "--lr_scheduler.warmup_steps=5",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: steps 1..20 in" in result.stdout
     run_dir = tmp_path / "debug"
@@ -45,20 +51,47 @@ def test_run_train_sh_reports_a_config_mistake_in_one_line(ngpu):
     assert result.stderr.strip().splitlines() == [
         "error: command line: unknown key 'training.stepz': expected one of training.steps, training.seq_len, "
         "training.global_batch_tokens, training.micro_batch_size, training.max_norm, training.mixed_precision, "
-        "training.device, training.seed"]
+        "training.device, training.seed"
+    ]
 
 
 def debug_config(tmp_path, corpus_cache, *overrides):
-    return load_config([f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}", f"--job.dump_folder={tmp_path}",
-                        f"--data.cache_dir={corpus_cache}", "--training.seq_len=64", "--metrics.log_freq=1",
-                        "--metrics.enable_tensorboard=false", *overrides])
+    return load_config(
+        [
+            f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}",
+            f"--job.dump_folder={tmp_path}",
+            f"--data.cache_dir={corpus_cache}",
+            "--training.seq_len=64",
+            "--metrics.log_freq=1",
+            "--metrics.enable_tensorboard=false",
+            *overrides,
+        ]
+    )
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cache):
-    whole = losses(train(debug_config(tmp_path, corpus_cache, "--training.steps=4", "--training.micro_batch_size=8",
-                               "--training.global_batch_tokens=512")))
-    accumulated = losses(train(debug_config(tmp_path, corpus_cache, "--training.steps=4", "--training.micro_batch_size=2",
-                                     "--training.global_batch_tokens=512")))
+    whole = losses(
+        train(
+            debug_config(
+                tmp_path,
+                corpus_cache,
+                "--training.steps=4",
+                "--training.micro_batch_size=8",
+                "--training.global_batch_tokens=512",
+            )
+        )
+    )
+    accumulated = losses(
+        train(
+            debug_config(
+                tmp_path,
+                corpus_cache,
+                "--training.steps=4",
+                "--training.micro_batch_size=2",
+                "--training.global_batch_tokens=512",
+            )
+        )
+    )
     assert sorted(whole) == [1, 2, 3, 4]
     for step in whole:
         assert accumulated[step] == pytest.approx(whole[step], rel=1e-4)
@@ -66,11 +99,23 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cach
 
 
 def test_training_mixes_prepared_sources_and_validates_each(tmp_path, builtin_corpus):
-    sources = ", ".join(f'{{name="{name}", path="{path}", weight={w}}}' for (name, path), w in
-                        zip(builtin_corpus.sources.items(), (3, 1)))
-    records = train(debug_config(tmp_path, "unused", "--training.steps=4", "--training.global_batch_tokens=512",
-                                 "--data.dataset=sources", f"--data.sources=[{sources}]", "--validation.eval_freq=2",
-                                 "--validation.eval_steps=2", f"--data.tokenizer_path={builtin_corpus.tokenizer_path}"))
+    sources = ", ".join(
+        f'{{name="{name}", path="{path}", weight={w}}}'
+        for (name, path), w in zip(builtin_corpus.sources.items(), (3, 1))
+    )
+    records = train(
+        debug_config(
+            tmp_path,
+            "unused",
+            "--training.steps=4",
+            "--training.global_batch_tokens=512",
+            "--data.dataset=sources",
+            f"--data.sources=[{sources}]",
+            "--validation.eval_freq=2",
+            "--validation.eval_steps=2",
+            f"--data.tokenizer_path={builtin_corpus.tokenizer_path}",
+        )
+    )
     assert [record["step"] for record in records] == [1, 2, 3, 4]
     for step in (2, 4):
         assert {"val/prose/loss", "val/code/loss", "val/prose/perplexity"} <= set(records[step - 1])
@@ -79,21 +124,38 @@ def test_training_mixes_prepared_sources_and_validates_each(tmp_path, builtin_co
 
 
 def test_synthetic_tokens_need_no_tokenizer_and_cover_the_vocabulary(tmp_path):
-    records = train(debug_config(tmp_path, "unused", "--training.steps=2", "--training.global_batch_tokens=512",
-                                 "--data.dataset=synthetic"))
+    records = train(
+        debug_config(
+            tmp_path, "unused", "--training.steps=2", "--training.global_batch_tokens=512", "--data.dataset=synthetic"
+        )
+    )
     assert records[0]["loss"] > 8.0  # uniform tokens over 4096 ids: ln(4096) = 8.32, nothing to learn
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["--training.global_batch_tokens=1000"], "expected a multiple of micro_batch_size x seq_len x ranks = 8 x 64 x 1 = 512"),
-    (["--data.dataset=sources", "--data.sources=[{name=\"x\", path=\"EMPTY\"}]"], "manifest.json: no such file"),
-    (["--data.dataset=sources", "--data.sources=[{name=\"x\", path=\"PROSE\"}]", f"--data.tokenizer_path={LLAMA2_TOKENIZER}"],
-     "tokenized with sha256"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["--training.global_batch_tokens=1000"],
+            "expected a multiple of micro_batch_size x seq_len x ranks = 8 x 64 x 1 = 512",
+        ),
+        (["--data.dataset=sources", '--data.sources=[{name="x", path="EMPTY"}]'], "manifest.json: no such file"),
+        (
+            [
+                "--data.dataset=sources",
+                '--data.sources=[{name="x", path="PROSE"}]',
+                f"--data.tokenizer_path={LLAMA2_TOKENIZER}",
+            ],
+            "tokenized with sha256",
+        ),
+    ],
+)
 def test_bad_setups_are_user_errors(tmp_path, corpus_cache, builtin_corpus, overrides, message):
     if not LLAMA2_TOKENIZER.is_file() and any(str(LLAMA2_TOKENIZER) in o for o in overrides):
         pytest.skip("needs a second tokenizer: the Llama 2 one")
-    overrides = [o.replace("EMPTY", str(tmp_path)).replace("PROSE", str(builtin_corpus.sources["prose"])) for o in overrides]
+    overrides = [
+        o.replace("EMPTY", str(tmp_path)).replace("PROSE", str(builtin_corpus.sources["prose"])) for o in overrides
+    ]
     with pytest.raises(UserError, match=message):
         train(debug_config(tmp_path, corpus_cache, "--training.steps=1", *overrides))
 
@@ -101,15 +163,30 @@ def test_bad_setups_are_user_errors(tmp_path, corpus_cache, builtin_corpus, over
 @pytest.mark.skipif(not LLAMA2_TOKENIZER.is_file(), reason="the Llama 2 tokenizer is not beside the checkout")
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
     with pytest.raises(UserError, match="tokenizer of 32000 pieces: expected at most the model's vocab_size 4096"):
-        train(debug_config(tmp_path, tmp_path / "cache", "--training.steps=1", f"--data.tokenizer_path={LLAMA2_TOKENIZER}"))
+        train(
+            debug_config(
+                tmp_path, tmp_path / "cache", "--training.steps=1", f"--data.tokenizer_path={LLAMA2_TOKENIZER}"
+            )
+        )
 
 
 def test_triton_kernels_train_like_the_torch_references(tmp_path, corpus_cache):
     """Under the Triton interpreter (set by conftest on CPU): a few steps of the debug model."""
+
     def run(kernels):
-        records = train(debug_config(tmp_path, corpus_cache, "--training.steps=3", "--training.seq_len=32",
-                                     "--training.micro_batch_size=4", "--training.global_batch_tokens=128",
-                                     "--data.num_workers=0", "--validation.eval_freq=0", f"--model.kernels={kernels}"))
+        records = train(
+            debug_config(
+                tmp_path,
+                corpus_cache,
+                "--training.steps=3",
+                "--training.seq_len=32",
+                "--training.micro_batch_size=4",
+                "--training.global_batch_tokens=128",
+                "--data.num_workers=0",
+                "--validation.eval_freq=0",
+                f"--model.kernels={kernels}",
+            )
+        )
         return [record["loss"] for record in records], [record["grad_norm"] for record in records]
 
     torch_losses, torch_norms = run("torch")
@@ -121,5 +198,5 @@ def test_triton_kernels_train_like_the_torch_references(tmp_path, corpus_cache):
 
 def test_triton_kernels_on_cpu_need_the_interpreter(tmp_path, corpus_cache, monkeypatch):
     monkeypatch.setattr("tinytitan.kernels._common.INTERPRET", False)
-    with pytest.raises(UserError, match="model.kernels = \"triton\": the device is cpu"):
+    with pytest.raises(UserError, match='model.kernels = "triton": the device is cpu'):
         train(debug_config(tmp_path, corpus_cache, "--training.steps=1", "--model.kernels=triton"))

@@ -13,7 +13,8 @@ def _map_source_kernels() -> None:
         return
     folder = Path(__file__).resolve().parent.parent / "kernels"
     spec = importlib.util.spec_from_file_location(
-        f"{__name__}.kernels", folder / "__init__.py", submodule_search_locations=[str(folder)])
+        f"{__name__}.kernels", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     if spec is None:
         return  # no kernels/ beside the package: the import error will say what is missing
     module = importlib.util.module_from_spec(spec)

@@ -19,7 +19,10 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
 )
 from torch.distributed.checkpoint.stateful import Stateful
 
@@ -107,7 +110,10 @@ def _barrier() -> None:
 
 def _load(state: dict, path: Path, what: str) -> None:
     if not (path / ".metadata").is_file():
-        raise UserError(f"{what} {path}: not a checkpoint (expected a folder written by Distributed Checkpoint, with a .metadata file)")
+        raise UserError(
+            f"{what} {path}: not a checkpoint "
+            "(expected a folder written by Distributed Checkpoint, with a .metadata file)"
+        )
     try:
         dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     except (dcp.CheckpointException, RuntimeError, KeyError, ValueError, FileNotFoundError) as error:
@@ -149,7 +155,10 @@ class Checkpointer:
         self.wait()
         staging = self.folder / f"step-{step}.tmp"
         if self.config.async_save:
-            self._pending = (step, dcp.async_save(self.states, checkpoint_id=str(staging), no_dist=not dist.is_initialized()))
+            self._pending = (
+                step,
+                dcp.async_save(self.states, checkpoint_id=str(staging), no_dist=not dist.is_initialized()),
+            )
             return
         dcp.save(self.states, checkpoint_id=str(staging), no_dist=not dist.is_initialized())
         self._publish(step)

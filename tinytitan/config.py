@@ -45,8 +45,11 @@ class Job:
 @dataclass
 class Model:
     flavor: str = option("debug", "named model size", choices=tuple(FLAVORS))
-    kernels: str = option("auto", "RMSNorm, rotary, SwiGLU and loss: fused Triton kernels or plain PyTorch; auto: "
-                          "triton on CUDA, torch on CPU", choices=("auto", "triton", "torch"))
+    kernels: str = option(
+        "auto",
+        "RMSNorm, rotary, SwiGLU and loss: fused Triton kernels or plain PyTorch; auto: triton on CUDA, torch on CPU",
+        choices=("auto", "triton", "torch"),
+    )
 
 
 @dataclass
@@ -54,11 +57,15 @@ class Training:
     steps: int = option(200, "optimizer steps to train", min=1)
     seq_len: int = option(256, "tokens per sample (at most the flavor's max_seq_len)", min=2)
     global_batch_tokens: int = option(
-        8192, "tokens per optimizer step over all ranks; gradient accumulation makes up what the ranks' "
-        "micro-batches do not", min=1)
+        8192,
+        "tokens per optimizer step over all ranks; gradient accumulation makes up what the ranks' micro-batches do not",
+        min=1,
+    )
     micro_batch_size: int = option(8, "sequences per rank in one forward/backward", min=1)
     max_norm: float = option(1.0, "clip gradients to this global L2 norm (0 disables clipping)", min=0.0)
-    mixed_precision: str = option("auto", "auto: bf16 autocast on CUDA, float32 on CPU", choices=("auto", "bf16", "fp32"))
+    mixed_precision: str = option(
+        "auto", "auto: bf16 autocast on CUDA, float32 on CPU", choices=("auto", "bf16", "fp32")
+    )
     device: str = option("auto", "auto: CUDA when available, else CPU", choices=("auto", "cuda", "cpu"))
     seed: int = option(42, "seed of the initial weights and the data order", min=0)
 
@@ -76,7 +83,9 @@ class Optimizer:
 @dataclass
 class LRScheduler:
     warmup_steps: int = option(2000, "steps of linear warmup to the peak lr", min=0)
-    decay_type: str = option("cosine", "decay from the peak to min_lr after warmup", choices=("cosine", "linear", "constant"))
+    decay_type: str = option(
+        "cosine", "decay from the peak to min_lr after warmup", choices=("cosine", "linear", "constant")
+    )
     min_lr: float = option(4e-5, "learning rate at the last step", min=0.0)
 
 
@@ -89,11 +98,17 @@ class DataSource:
 
 @dataclass
 class Data:
-    dataset: str = option("builtin", "builtin: Python's docs and sources, 7:3 prose:code; sources: data.sources; "
-                          "synthetic: uniform random tokens (benchmarks)", choices=("builtin", "sources", "synthetic"))
+    dataset: str = option(
+        "builtin",
+        "builtin: Python's docs and sources, 7:3 prose:code; sources: data.sources; "
+        "synthetic: uniform random tokens (benchmarks)",
+        choices=("builtin", "sources", "synthetic"),
+    )
     sources: list[DataSource] = option([], "prepared data sources mixed by weight when dataset = 'sources'")
-    tokenizer_path: str = option("", "sentencepiece tokenizer.model the sources were prepared with; with 'builtin', "
-                                 "empty trains one on the corpus")
+    tokenizer_path: str = option(
+        "",
+        "sentencepiece tokenizer.model the sources were prepared with; with 'builtin', empty trains one on the corpus",
+    )
     cache_dir: str = option("~/.cache/tinytitan", "where the built-in corpus is prepared once and reused")
     num_workers: int = option(2, "loader worker processes per rank (0: load in the training process)", min=0)
 
@@ -118,15 +133,21 @@ class Compile:
 @dataclass
 class Parallelism:
     data_parallel_shard_degree: int = option(-1, "ranks that shard the parameters (FSDP); -1: the rest", min=-1)
-    data_parallel_replicate_degree: int = option(1, "groups of sharding ranks that replicate each other (HSDP); "
-                                                 "-1: the rest", min=-1)
-    reshard_after_forward: bool = option(True, "free gathered parameters after forward (less memory, one more all-gather)")
+    data_parallel_replicate_degree: int = option(
+        1, "groups of sharding ranks that replicate each other (HSDP); -1: the rest", min=-1
+    )
+    reshard_after_forward: bool = option(
+        True, "free gathered parameters after forward (less memory, one more all-gather)"
+    )
 
 
 @dataclass
 class ActivationCheckpoint:
-    mode: str = option("none", "recompute activations in backward: none, full (every block), or selective "
-                       "(every selective_every-th block)", choices=("none", "full", "selective"))
+    mode: str = option(
+        "none",
+        "recompute activations in backward: none, full (every block), or selective (every selective_every-th block)",
+        choices=("none", "full", "selective"),
+    )
     selective_every: int = option(2, "with mode = 'selective', checkpoint blocks 0, n, 2n, ...", min=1)
 
 
@@ -135,12 +156,19 @@ class Checkpoint:
     enable: bool = option(False, "save checkpoints to <run folder>/checkpoints/step-<N> and resume from the newest")
     interval: int = option(500, "save every this many steps (and at the last step)", min=1)
     keep_latest_k: int = option(3, "keep this many newest checkpoints (0: keep all)", min=0)
-    initial_load_path: str = option("", "model-only checkpoint to start from when the run folder has none "
-                                    "(e.g. converted TinyLlama weights)")
-    async_save: bool = option(False, "save in the background (dcp.async_save): training goes on once the state is "
-                              "copied; the checkpoint is published at the first step after every rank has written it")
-    export_dtype: str = option("", "at the end, also export model-only weights in this dtype to "
-                               "<run folder>/checkpoints/step-<N>-model", choices=("", "float32", "bfloat16", "float16"))
+    initial_load_path: str = option(
+        "", "model-only checkpoint to start from when the run folder has none (e.g. converted TinyLlama weights)"
+    )
+    async_save: bool = option(
+        False,
+        "save in the background (dcp.async_save): training goes on once the state is "
+        "copied; the checkpoint is published at the first step after every rank has written it",
+    )
+    export_dtype: str = option(
+        "",
+        "at the end, also export model-only weights in this dtype to <run folder>/checkpoints/step-<N>-model",
+        choices=("", "float32", "bfloat16", "float16"),
+    )
 
 
 @dataclass
@@ -184,7 +212,9 @@ def _key_field(config: JobConfig, key: str, source: str) -> tuple[Any, dataclass
     section = sections[section_name]
     keys = {f.name: f for f in dataclasses.fields(section)}
     if name not in keys:
-        raise ConfigError(f"{source}: unknown key {key!r}: expected one of {', '.join(section_name + '.' + k for k in keys)}")
+        raise ConfigError(
+            f"{source}: unknown key {key!r}: expected one of {', '.join(section_name + '.' + k for k in keys)}"
+        )
     return section, keys[name]
 
 
@@ -340,9 +370,12 @@ def _check_consistency(config: JobConfig) -> None:
     if config.training.seq_len > flavor.max_seq_len:
         raise ConfigError(
             f"training.seq_len = {config.training.seq_len}: expected at most {flavor.max_seq_len}, "
-            f"the max_seq_len of flavor {config.model.flavor!r}")
+            f"the max_seq_len of flavor {config.model.flavor!r}"
+        )
     if config.lr_scheduler.min_lr > config.optimizer.lr:
-        raise ConfigError(f"lr_scheduler.min_lr = {config.lr_scheduler.min_lr}: expected at most optimizer.lr = {config.optimizer.lr}")
+        raise ConfigError(
+            f"lr_scheduler.min_lr = {config.lr_scheduler.min_lr}: expected at most optimizer.lr = {config.optimizer.lr}"
+        )
     _check_sources(config.data)
 
 
@@ -350,12 +383,16 @@ def _check_sources(data: "Data") -> None:
     if data.dataset != "sources":
         return
     if not data.sources:
-        raise ConfigError("data.sources is empty: expected at least one [[data.sources]] table when data.dataset = 'sources'")
+        raise ConfigError(
+            "data.sources is empty: expected at least one [[data.sources]] table when data.dataset = 'sources'"
+        )
     names = [source.name for source in data.sources]
     for index, source in enumerate(data.sources):
         if not source.name or not source.path:
-            raise ConfigError(f"data.sources[{index}]: name = {_toml_value(source.name)}, path = {_toml_value(source.path)}: "
-                              "expected both to be set")
+            raise ConfigError(
+                f"data.sources[{index}]: name = {_toml_value(source.name)}, path = {_toml_value(source.path)}: "
+                "expected both to be set"
+            )
         if source.name in names[:index]:
             raise ConfigError(f"data.sources[{index}].name = {_toml_value(source.name)}: expected names to be unique")
 
@@ -397,7 +434,9 @@ def help_text() -> str:
             default = "[]" if _table_type(f) else _toml_value(default)
             expected = _expected(f)
             accepts = "" if expected == _TYPE_NAMES.get(f.type) else f"; expected {expected}"
-            lines.append(f"  --{section_name}.{f.name} ({_type_name(f)}, default {default}): {f.metadata['doc']}{accepts}")
+            lines.append(
+                f"  --{section_name}.{f.name} ({_type_name(f)}, default {default}): {f.metadata['doc']}{accepts}"
+            )
     return "\n".join(lines)
 
 

@@ -6,7 +6,8 @@ any other exception and keep their tracebacks.
 """
 
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 USER_ERROR_EXIT_CODE = 2
 

@@ -41,18 +41,31 @@ def choose_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Gene
 
 
 @torch.no_grad()
-def generate(model: Transformer, prompt: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
-             generator: torch.Generator | None = None, eos_id: int | None = None, use_cache: bool = True) -> list[int]:
+def generate(
+    model: Transformer,
+    prompt: list[int],
+    max_new_tokens: int,
+    sampling: Sampling = Sampling(),
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+    use_cache: bool = True,
+) -> list[int]:
     """The new tokens after `prompt` (up to `max_new_tokens`, ending at `eos_id` if it comes)."""
     limit = model.args.max_seq_len
     if not prompt:
         raise UserError("empty prompt: expected at least one token (the tokenizer's bos)")
     if len(prompt) + max_new_tokens > limit:
-        raise UserError(f"prompt of {len(prompt)} tokens + {max_new_tokens} new tokens: more than the model's "
-                        f"max_seq_len of {limit}")
+        raise UserError(
+            f"prompt of {len(prompt)} tokens + {max_new_tokens} new tokens: more than the model's "
+            f"max_seq_len of {limit}"
+        )
     device = model.tok_embeddings.weight.device
     tokens = torch.tensor([prompt], device=device)
-    cache = KVCache(model.args, 1, len(prompt) + max_new_tokens, device, model.tok_embeddings.weight.dtype) if use_cache else None
+    cache = (
+        KVCache(model.args, 1, len(prompt) + max_new_tokens, device, model.tok_embeddings.weight.dtype)
+        if use_cache
+        else None
+    )
     new: list[int] = []
     step_input = tokens
     while len(new) < max_new_tokens:

@@ -19,8 +19,12 @@ def build_optimizer(model: nn.Module, config: Optimizer, device: torch.device) -
     # fused kernel exists on CUDA and CPU (7x faster than the default loop for the debug model on
     # CPU); `device` is where the parameters live.
     return torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
-        weight_decay=config.weight_decay, fused=device.type in ("cuda", "cpu"),
+        model.parameters(),
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+        fused=device.type in ("cuda", "cpu"),
     )
 
 

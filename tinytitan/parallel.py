@@ -38,7 +38,7 @@ class ParallelEnv:
 
 def select_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("training.device = \"cuda\": expected a CUDA device, but torch sees none (use \"auto\" or \"cpu\")")
+        raise UserError('training.device = "cuda": expected a CUDA device, but torch sees none (use "auto" or "cpu")')
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -48,14 +48,19 @@ def mesh_shape(config: Parallelism, world_size: int) -> tuple[int, int]:
     """(replicate, shard) degrees whose product is the world size."""
     replicate, shard = config.data_parallel_replicate_degree, config.data_parallel_shard_degree
     if replicate == -1 and shard == -1:
-        raise UserError("parallelism: data_parallel_replicate_degree and data_parallel_shard_degree are both -1: expected at most one to be -1")
+        raise UserError(
+            "parallelism: data_parallel_replicate_degree and data_parallel_shard_degree are both -1: "
+            "expected at most one to be -1"
+        )
     if replicate == -1:
         replicate = world_size // shard if world_size % shard == 0 else 0
     if shard == -1:
         shard = world_size // replicate if world_size % replicate == 0 else 0
     if replicate * shard != world_size:
-        raise UserError(f"parallelism: replicate degree {config.data_parallel_replicate_degree} x shard degree "
-                        f"{config.data_parallel_shard_degree}: expected a product equal to the {world_size} ranks")
+        raise UserError(
+            f"parallelism: replicate degree {config.data_parallel_replicate_degree} x shard degree "
+            f"{config.data_parallel_shard_degree}: expected a product equal to the {world_size} ranks"
+        )
     return replicate, shard
 
 
@@ -105,7 +110,9 @@ def apply_compile(model: Transformer) -> None:
 def apply_fsdp(model: Transformer, env: ParallelEnv, config: JobConfig, bf16: bool) -> None:
     """fully_shard each block, then the embedding, then norm + output together, then the root."""
     mesh = env.mesh if env.mesh.size(0) > 1 else env.mesh["dp_shard"]  # HSDP when replicated
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    )
     options = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": config.parallelism.reshard_after_forward}
     for block in model.layers.values():
         fully_shard(block, **options)

@@ -9,8 +9,14 @@ class Progress:
     """`rates` names the counters shown per second too (default: the first counter, or the units
     when there is none)."""
 
-    def __init__(self, what: str, total: int | None = None, unit: str = "items", interval_s: float | None = None,
-                 rates: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        unit: str = "items",
+        interval_s: float | None = None,
+        rates: tuple[str, ...] | None = None,
+    ):
         self.what, self.total, self.unit, self.rates = what, total, unit, rates
         self.done = 0
         self.counters: dict[str, float] = {}

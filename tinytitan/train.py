@@ -24,8 +24,15 @@ from tinytitan.metrics import MetricsLogger, flops_per_token, memory_gib, peak_f
 from tinytitan.models.llama import FLAVORS, ModelArgs, build_model, count_parameters
 from tinytitan.optim import build_lr_scheduler, build_optimizer
 from tinytitan.parallel import (
-    ParallelEnv, all_reduce_mean, all_reduce_sum, apply_activation_checkpointing, apply_compile, apply_fsdp,
-    close_parallel, init_parallel, main_process_first,
+    ParallelEnv,
+    all_reduce_mean,
+    all_reduce_sum,
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_fsdp,
+    close_parallel,
+    init_parallel,
+    main_process_first,
 )
 
 
@@ -36,7 +43,8 @@ def gradient_accumulation_steps(config: JobConfig, world_size: int) -> int:
     if t.global_batch_tokens % tokens_per_micro_step:
         raise UserError(
             f"training.global_batch_tokens = {t.global_batch_tokens}: expected a multiple of micro_batch_size "
-            f"x seq_len x ranks = {t.micro_batch_size} x {t.seq_len} x {world_size} = {tokens_per_micro_step}")
+            f"x seq_len x ranks = {t.micro_batch_size} x {t.seq_len} x {world_size} = {tokens_per_micro_step}"
+        )
     return t.global_batch_tokens // tokens_per_micro_step
 
 
@@ -70,8 +78,10 @@ def select_kernels(choice: str, device: torch.device) -> str:
         return "triton" if device.type == "cuda" and triton is not None else "torch"
     if choice == "triton" and (triton is None or (device.type != "cuda" and not INTERPRET)):
         why = "Triton is not installed" if triton is None else f"the device is {device.type}"
-        raise UserError(f"model.kernels = \"triton\": {why}: expected a CUDA device with Triton "
-                        "(or TRITON_INTERPRET=1, the slow interpreter used by the tests)")
+        raise UserError(
+            f'model.kernels = "triton": {why}: expected a CUDA device with Triton '
+            "(or TRITON_INTERPRET=1, the slow interpreter used by the tests)"
+        )
     return choice
 
 
@@ -80,7 +90,9 @@ def build_training_model(args: ModelArgs, config: JobConfig, env: ParallelEnv) -
     same weights), then checkpoint activations, compile blocks, and shard."""
     torch.manual_seed(config.training.seed)
     model = build_model(args, env.device, select_kernels(config.model.kernels, env.device))
-    apply_activation_checkpointing(model, config.activation_checkpoint.mode, config.activation_checkpoint.selective_every)
+    apply_activation_checkpointing(
+        model, config.activation_checkpoint.mode, config.activation_checkpoint.selective_every
+    )
     if config.compile.enable:
         apply_compile(model)
     if env.mesh is not None:
@@ -89,7 +101,9 @@ def build_training_model(args: ModelArgs, config: JobConfig, env: ParallelEnv) -
 
 
 @torch.no_grad()
-def evaluate(model, streams: dict[str, SampleStream], config: JobConfig, env: ParallelEnv, autocast) -> dict[str, float]:
+def evaluate(
+    model, streams: dict[str, SampleStream], config: JobConfig, env: ParallelEnv, autocast
+) -> dict[str, float]:
     """Mean loss (and perplexity) over eval_steps micro-batches per rank of each validation split."""
     model.eval()
     values = {}
@@ -160,8 +174,13 @@ def add_record(records: list[dict], step: int, values: dict[str, float]) -> None
 def step_values(loss, grad_norm, lr: float, throughput: Throughput, device: torch.device) -> dict[str, float]:
     """The numbers of a log line. `.item()` waits for the device: the only host synchronisation
     of a step, and only on logging steps."""
-    values = {"loss": all_reduce_mean(loss).item(), "grad_norm": grad_norm.item(), "lr": lr,
-              **throughput.report(), "memory_gib": memory_gib(device)}
+    values = {
+        "loss": all_reduce_mean(loss).item(),
+        "grad_norm": grad_norm.item(),
+        "lr": lr,
+        **throughput.report(),
+        "memory_gib": memory_gib(device),
+    }
     if not math.isfinite(values["loss"]):
         raise RuntimeError(f"loss is {values['loss']} at this step: training diverged")
     throughput.reset()
@@ -189,19 +208,35 @@ def _train(config: JobConfig, env: ParallelEnv) -> list[dict[str, float]]:
     scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, t.steps)
     loader = DataLoader(stream, t.micro_batch_size, env.rank, env.world_size, config.data.num_workers, env.device)
     train_state = TrainState()
-    checkpointer = Checkpointer(run_dir / "checkpoints", config.checkpoint, {
-        "model": ModelState(model), "optimizer": OptimizerState(model, optimizer), "lr_scheduler": scheduler,
-        "dataloader": loader, "train_state": train_state, "rng": RNGState()}, env.cpu_group)
+    checkpointer = Checkpointer(
+        run_dir / "checkpoints",
+        config.checkpoint,
+        {
+            "model": ModelState(model),
+            "optimizer": OptimizerState(model, optimizer),
+            "lr_scheduler": scheduler,
+            "dataloader": loader,
+            "train_state": train_state,
+            "rng": RNGState(),
+        },
+        env.cpu_group,
+    )
     checkpointer.resume()
     preemption = Preemption(env.cpu_group)
-    logger = MetricsLogger(run_dir / "tb" if config.metrics.enable_tensorboard and env.is_main else None, quiet=not env.is_main)
-    throughput = Throughput(flops_per_token(args, count_parameters(model, exclude_embedding=True), t.seq_len),
-                            peak_flops(env.device))
+    logger = MetricsLogger(
+        run_dir / "tb" if config.metrics.enable_tensorboard and env.is_main else None, quiet=not env.is_main
+    )
+    throughput = Throughput(
+        flops_per_token(args, count_parameters(model, exclude_embedding=True), t.seq_len), peak_flops(env.device)
+    )
     if env.is_main:
-        print(f"model {config.model.flavor}: {count_parameters(model):,} parameters, "
-              f"{model.kernels_name} kernels, {env.world_size} rank(s) on {env.device.type}; data: "
-              f"{data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x {t.seq_len} tokens per rank "
-              "per step", flush=True)
+        print(
+            f"model {config.model.flavor}: {count_parameters(model):,} parameters, "
+            f"{model.kernels_name} kernels, {env.world_size} rank(s) on {env.device.type}; data: "
+            f"{data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x {t.seq_len} tokens per rank "
+            "per step",
+            flush=True,
+        )
     autocast, max_norm = autocast_context(config, env.device), t.max_norm or math.inf  # inf: measure, clip nothing
     records, start, first_step = [], time.perf_counter(), train_state.step + 1
     for step in range(first_step, t.steps + 1):
@@ -234,9 +269,12 @@ def _train(config: JobConfig, env: ParallelEnv) -> list[dict[str, float]]:
     logger.close()
     logged = [record for record in records if "loss" in record]
     if env.is_main and logged:
-        print(f"done: steps {first_step}..{train_state.step} in {time.perf_counter() - start:.0f}s; loss "
-              f"{logged[0]['loss']:.3f} at step {logged[0]['step']}, {logged[-1]['loss']:.3f} at step "
-              f"{logged[-1]['step']}; run folder {run_dir}", flush=True)
+        print(
+            f"done: steps {first_step}..{train_state.step} in {time.perf_counter() - start:.0f}s; loss "
+            f"{logged[0]['loss']:.3f} at step {logged[0]['step']}, {logged[-1]['loss']:.3f} at step "
+            f"{logged[-1]['step']}; run folder {run_dir}",
+            flush=True,
+        )
     return records
 
 

@@ -31,8 +31,19 @@ BUILTIN_VOCAB_SIZE = 4096
 WEIGHTS = {"prose": 0.7, "code": 0.3}  # the mix, by tokens in the corpus and by samples in training
 VALIDATION_EVERY = 10  # every 10th prose document is held out for validation
 # Standard-library folders that hold tests, generated tables or data rather than typical code.
-_SKIPPED_FOLDERS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "ensurepip", "turtledemo",
-                    "pydoc_data", "encodings", "__pycache__", "__phello__"}
+_SKIPPED_FOLDERS = {
+    "test",
+    "tests",
+    "idlelib",
+    "site-packages",
+    "lib2to3",
+    "ensurepip",
+    "turtledemo",
+    "pydoc_data",
+    "encodings",
+    "__pycache__",
+    "__phello__",
+}
 _MAX_CODE_FILE_BYTES = 200_000
 
 
@@ -74,15 +85,30 @@ def _train_tokenizer(documents: list[str], model_path: Path) -> None:
     lines = [line for document in documents for line in document.split("\n") if line.strip()]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=BUILTIN_VOCAB_SIZE,
-        model_type="bpe", byte_fallback=True, split_digits=True, remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, normalization_rule_name="identity", character_coverage=0.9999,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, max_sentence_length=16384, num_threads=2, minloglevel=2,
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=BUILTIN_VOCAB_SIZE,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        character_coverage=0.9999,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        max_sentence_length=16384,
+        num_threads=2,
+        minloglevel=2,
     )
     model_path.write_bytes(model.getvalue())
 
 
-def _encode_within(name: str, documents: list[str], tokenizer: Tokenizer, budget: int | None) -> tuple[list[list[int]], list[str]]:
+def _encode_within(
+    name: str, documents: list[str], tokenizer: Tokenizer, budget: int | None
+) -> tuple[list[list[int]], list[str]]:
     """<s> tokens </s> of the documents that fit in `budget` tokens (all when None), and the rest."""
     progress = Progress(f"built-in corpus: tokenizing {name}", total=len(documents), unit="documents read")
     kept, rest, tokens = [], [], 0
@@ -141,14 +167,22 @@ def _build(folder: Path, tokenizer_path: Path | None) -> None:
     tokenizer = _tokenizer_for(folder, prose, code, tokenizer_path)
     is_held_out = [i % VALIDATION_EVERY == VALIDATION_EVERY - 1 for i in range(len(prose))]
     prose_train, _ = _encode_within("prose", [d for d, out in zip(prose, is_held_out) if not out], tokenizer, None)
-    prose_validation, _ = _encode_within("prose (validation)", [d for d, out in zip(prose, is_held_out) if out], tokenizer, None)
+    prose_validation, _ = _encode_within(
+        "prose (validation)", [d for d, out in zip(prose, is_held_out) if out], tokenizer, None
+    )
     tokens = _write_source(folder / "prose", tokenizer, {"train": prose_train, "validation": prose_validation})
     code_share = WEIGHTS["code"] / WEIGHTS["prose"]
     code_train, unused = _encode_within("code", code, tokenizer, round(tokens["train"] * code_share))
-    code_validation, _ = _encode_within("code (validation)", unused, tokenizer, round(tokens["validation"] * code_share))
+    code_validation, _ = _encode_within(
+        "code (validation)", unused, tokenizer, round(tokens["validation"] * code_share)
+    )
     _write_source(folder / "code", tokenizer, {"train": code_train, "validation": code_validation})
-    record = {"corpus_version": CORPUS_VERSION, "python": sys.version.split()[0], "weights": WEIGHTS,
-              "tokenizer_trained_here": tokenizer_path is None}
+    record = {
+        "corpus_version": CORPUS_VERSION,
+        "python": sys.version.split()[0],
+        "weights": WEIGHTS,
+        "tokenizer_trained_here": tokenizer_path is None,
+    }
     (folder / "corpus.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -170,4 +204,6 @@ def prepare_builtin_corpus(cache_dir: str | Path, tokenizer_path: str | Path | N
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     record = json.loads((folder / "corpus.json").read_text())
-    return BuiltinCorpus(folder, folder / "tokenizer.model", {name: folder / name for name in record["weights"]}, record["weights"])
+    return BuiltinCorpus(
+        folder, folder / "tokenizer.model", {name: folder / name for name in record["weights"]}, record["weights"]
+    )

@@ -54,7 +54,9 @@ def _check_supported(proto, model_path: Path) -> None:
     if trainer.treat_whitespace_as_suffix:
         problems.append("whitespace as a prefix (it has treat_whitespace_as_suffix)")
     if problems:
-        raise UserError(f"tokenizer {model_path}: expected a Llama-style sentencepiece model with " + ", ".join(problems))
+        raise UserError(
+            f"tokenizer {model_path}: expected a Llama-style sentencepiece model with " + ", ".join(problems)
+        )
 
 
 def _merges(proto) -> list[tuple[str, str]]:
@@ -74,37 +76,55 @@ def _merges(proto) -> list[tuple[str, str]]:
 
 def _special_tokens(proto) -> dict[str, str]:
     pieces, trainer = proto.pieces, proto.trainer_spec
-    return {"bos_token": pieces[trainer.bos_id].piece, "eos_token": pieces[trainer.eos_id].piece,
-            "unk_token": pieces[trainer.unk_id].piece}
+    return {
+        "bos_token": pieces[trainer.bos_id].piece,
+        "eos_token": pieces[trainer.eos_id].piece,
+        "unk_token": pieces[trainer.unk_id].piece,
+    }
 
 
 def build_tokenizer_json(proto) -> str:
     """The `tokenizers` serialization of a sentencepiece model (a parsed ModelProto)."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, normalizers, processors
+    from tokenizers import AddedToken, decoders, normalizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
     from tokenizers.models import BPE
 
     pieces = proto.pieces
-    tokenizer = HFTokenizer(BPE(
-        vocab={piece.piece: index for index, piece in enumerate(pieces)}, merges=_merges(proto),
-        unk_token=_special_tokens(proto)["unk_token"], fuse_unk=True, byte_fallback=proto.trainer_spec.byte_fallback,
-    ))
+    tokenizer = HFTokenizer(
+        BPE(
+            vocab={piece.piece: index for index, piece in enumerate(pieces)},
+            merges=_merges(proto),
+            unk_token=_special_tokens(proto)["unk_token"],
+            fuse_unk=True,
+            byte_fallback=proto.trainer_spec.byte_fallback,
+        )
+    )
     # sentencepiece's text normalization with the identity rule: a dummy-prefix space, spaces as "▁".
     # No pre-tokenizer: no piece spans sentencepiece's word boundaries, so BPE over the whole text
     # makes the same merges.
     prefix = proto.normalizer_spec.add_dummy_prefix
     tokenizer.normalizer = normalizers.Sequence(
-        ([normalizers.Prepend(SPACE)] if prefix else []) + [normalizers.Replace(" ", SPACE)])
+        ([normalizers.Prepend(SPACE)] if prefix else []) + [normalizers.Replace(" ", SPACE)]
+    )
     tokenizer.decoder = decoders.Sequence(
         [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
-        + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+        + ([decoders.Strip(" ", 1, 0)] if prefix else [])
+    )
     bos = _special_tokens(proto)["bos_token"]
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, proto.trainer_spec.bos_id)])
-    tokenizer.add_special_tokens([AddedToken(piece.piece, normalized=False, special=True)
-                                  for piece in pieces if piece.type in (_UNKNOWN, _CONTROL)])
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, proto.trainer_spec.bos_id)]
+    )
+    tokenizer.add_special_tokens(
+        [
+            AddedToken(piece.piece, normalized=False, special=True)
+            for piece in pieces
+            if piece.type in (_UNKNOWN, _CONTROL)
+        ]
+    )
     # sentencepiece matches user-defined pieces in the raw text before anything else; so do added tokens.
-    tokenizer.add_tokens([AddedToken(piece.piece, normalized=False, special=False)
-                          for piece in pieces if piece.type == _USER_DEFINED])
+    tokenizer.add_tokens(
+        [AddedToken(piece.piece, normalized=False, special=False) for piece in pieces if piece.type == _USER_DEFINED]
+    )
     return tokenizer.to_str(pretty=True)
 
 

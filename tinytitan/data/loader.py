@@ -45,8 +45,15 @@ class _RankSampler(Sampler):
 class DataLoader:
     """Micro-batches of (inputs, labels), each [micro_batch_size, seq_len] int64, for one rank."""
 
-    def __init__(self, stream: Stream, micro_batch_size: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        stream: Stream,
+        micro_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         self.stream, self.micro_batch_size = stream, micro_batch_size
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.device = torch.device(device)
@@ -57,9 +64,11 @@ class DataLoader:
         with warnings.catch_warnings():  # torchdata 0.11 calls an API that torch >= 2.12 deprecates
             warnings.filterwarnings("ignore", message=".*set_vital.*")
             loader = StatefulDataLoader(
-                _StreamDataset(self.stream), batch_size=self.micro_batch_size,
+                _StreamDataset(self.stream),
+                batch_size=self.micro_batch_size,
                 sampler=_RankSampler(self.position, self.micro_batch_size, self.rank, self.world_size),
-                num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
                 prefetch_factor=4 if self.num_workers else None,
             )
             return iter(loader)

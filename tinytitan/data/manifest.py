@@ -29,8 +29,12 @@ VERSION = 1
 
 
 def tokenizer_record(tokenizer: Tokenizer) -> dict:
-    return {"sha256": tokenizer.checksum(), "vocab_size": tokenizer.vocab_size,
-            "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id}
+    return {
+        "sha256": tokenizer.checksum(),
+        "vocab_size": tokenizer.vocab_size,
+        "bos_id": tokenizer.bos_id,
+        "eos_id": tokenizer.eos_id,
+    }
 
 
 def write_manifest(folder: str | Path, tokenizer: Tokenizer, splits: dict[str, dict], settings: dict, **extra) -> Path:
@@ -38,10 +42,16 @@ def write_manifest(folder: str | Path, tokenizer: Tokenizer, splits: dict[str, d
     inside `folder`), documents and tokens."""
     folder = Path(folder)
     manifest = {
-        "format": FORMAT, "version": VERSION, "tokenizer": tokenizer_record(tokenizer), "settings": settings,
+        "format": FORMAT,
+        "version": VERSION,
+        "tokenizer": tokenizer_record(tokenizer),
+        "settings": settings,
         "splits": {
-            name: {"shards": [str(Path(p).relative_to(folder) if Path(p).is_absolute() else p) for p in split["shards"]],
-                   "documents": int(split["documents"]), "tokens": int(split["tokens"])}
+            name: {
+                "shards": [str(Path(p).relative_to(folder) if Path(p).is_absolute() else p) for p in split["shards"]],
+                "documents": int(split["documents"]),
+                "tokens": int(split["tokens"]),
+            }
             for name, split in splits.items()
         },
         **extra,
@@ -63,8 +73,10 @@ def read_manifest(folder: str | Path) -> dict:
     except (OSError, json.JSONDecodeError) as error:
         raise UserError(f"{path}: cannot read it as JSON ({error})") from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise UserError(f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}: "
-                        f"expected {FORMAT!r} version {VERSION}")
+        raise UserError(
+            f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}: "
+            f"expected {FORMAT!r} version {VERSION}"
+        )
     return manifest
 
 

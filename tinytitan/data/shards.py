@@ -44,7 +44,9 @@ class ShardHeader:
     dtype_code: int = _UINT16_CODE
 
     def pack(self) -> bytes:
-        fields = _HEADER.pack(MAGIC, self.version, self.dtype_code, self.num_tokens, self.num_documents, self.vocab_size)
+        fields = _HEADER.pack(
+            MAGIC, self.version, self.dtype_code, self.num_tokens, self.num_documents, self.vocab_size
+        )
         return fields.ljust(HEADER_BYTES, b"\0")
 
 
@@ -85,7 +87,10 @@ def read_header(path: str | Path) -> ShardHeader:
         raise UserError(f"shard {path}: token dtype code {dtype_code}: expected one of {sorted(_DTYPES)}")
     expected_size = HEADER_BYTES + num_tokens * _DTYPES[dtype_code].itemsize
     if size != expected_size:
-        raise UserError(f"shard {path}: {size} bytes on disk: expected {expected_size} for {num_tokens} tokens (truncated or appended to?)")
+        raise UserError(
+            f"shard {path}: {size} bytes on disk: expected {expected_size} for {num_tokens} tokens "
+            "(truncated or appended to?)"
+        )
     return ShardHeader(num_tokens, num_documents, vocab_size, version, dtype_code)
 
 
@@ -94,7 +99,9 @@ def open_shard(path: str | Path) -> tuple[ShardHeader, np.ndarray]:
     header = read_header(path)
     if header.num_tokens == 0:
         return header, np.zeros(0, dtype=_DTYPES[header.dtype_code])
-    tokens = np.memmap(path, dtype=_DTYPES[header.dtype_code], mode="r", offset=HEADER_BYTES, shape=(header.num_tokens,))
+    tokens = np.memmap(
+        path, dtype=_DTYPES[header.dtype_code], mode="r", offset=HEADER_BYTES, shape=(header.num_tokens,)
+    )
     return header, tokens
 
 

@@ -31,17 +31,23 @@ def check_sources(sources: list[Source], vocab_size: int, tokenizer: Tokenizer |
         expected = expected or record["sha256"]
         if record["sha256"] != expected:
             what = f"the tokenizer {tokenizer.path}" if tokenizer else f"source {sources[0].name!r}'s"
-            raise UserError(f"data source {source.name!r} ({source.path}): tokenized with sha256 {record['sha256'][:12]}…: "
-                            f"expected {what} ({expected[:12]}…)")
+            raise UserError(
+                f"data source {source.name!r} ({source.path}): tokenized with sha256 {record['sha256'][:12]}…: "
+                f"expected {what} ({expected[:12]}…)"
+            )
         if record["vocab_size"] > vocab_size:
-            raise UserError(f"data source {source.name!r} ({source.path}): tokenizer of {record['vocab_size']} pieces: "
-                            f"expected at most the model's vocab_size {vocab_size}")
+            raise UserError(
+                f"data source {source.name!r} ({source.path}): tokenizer of {record['vocab_size']} pieces: "
+                f"expected at most the model's vocab_size {vocab_size}"
+            )
         if not split_shards(source.path, "train"):
             raise UserError(f"data source {source.name!r} ({source.path}): no train split in its manifest")
 
 
 def training_stream(sources: list[Source], seq_len: int, seed: int) -> MixedStream:
-    streams = [SampleStream(split_shards(s.path, "train"), seq_len, seed=(seed, index)) for index, s in enumerate(sources)]
+    streams = [
+        SampleStream(split_shards(s.path, "train"), seq_len, seed=(seed, index)) for index, s in enumerate(sources)
+    ]
     return MixedStream(streams, [s.weight for s in sources], seed=(seed, len(sources)), names=[s.name for s in sources])
 
 
@@ -53,7 +59,11 @@ def validation_streams(sources: list[Source], seq_len: int) -> dict[str, SampleS
         split = read_manifest(source.path)["splits"].get("validation")
         if not split or split["tokens"] <= seq_len:
             tokens = split["tokens"] if split else 0
-            print(f"data source {source.name!r}: no validation ({tokens} validation tokens, a sample needs {seq_len + 1})", flush=True)
+            print(
+                f"data source {source.name!r}: no validation "
+                f"({tokens} validation tokens, a sample needs {seq_len + 1})",
+                flush=True,
+            )
             continue
         streams[source.name] = SampleStream(split_shards(source.path, "validation"), seq_len, seed=(), shuffle=False)
     return streams

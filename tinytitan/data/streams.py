@@ -7,9 +7,10 @@ tail of fewer than seq_len + 1 tokens after the last full window is not used in 
 A `MixedStream` interleaves several sources by weight; a `SyntheticStream` makes random tokens.
 """
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -31,8 +32,10 @@ class SampleStream:
         self.total_tokens = int(self._starts[-1])
         self.windows_per_epoch = (self.total_tokens - 1) // seq_len
         if self.windows_per_epoch < 1:
-            raise UserError(f"data: {self.total_tokens} tokens in {len(shard_paths)} shards "
-                            f"({self.shard_paths[0].parent}): expected more than seq_len={seq_len}")
+            raise UserError(
+                f"data: {self.total_tokens} tokens in {len(shard_paths)} shards "
+                f"({self.shard_paths[0].parent}): expected more than seq_len={seq_len}"
+            )
 
     @property
     def _tokens(self) -> list[np.ndarray]:
@@ -91,7 +94,9 @@ class MixedStream:
             counts[index] += 1
         for name, count, weight in zip(names, counts, weights):
             if count == 0:
-                raise UserError(f"data source {name!r}: weight {weight} is too small: expected at least 1/{self.BLOCK} of the total")
+                raise UserError(
+                    f"data source {name!r}: weight {weight} is too small: expected at least 1/{self.BLOCK} of the total"
+                )
         return counts
 
     def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +106,9 @@ class MixedStream:
         return self._block_cache(block)
 
     def _draw_block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
-        sources = np.random.default_rng([*self.seed, block]).permutation(np.repeat(np.arange(len(self.counts)), self.counts))
+        sources = np.random.default_rng([*self.seed, block]).permutation(
+            np.repeat(np.arange(len(self.counts)), self.counts)
+        )
         within = np.empty(self.BLOCK, dtype=np.int64)
         for source, count in enumerate(self.counts):
             within[sources == source] = block * count + np.arange(count)

@@ -62,9 +62,7 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # transformers derives the rotary tables; older checkpoints saved them, and we derive ours too.
     return {
-        from_hf_name(name): tensor
-        for name, tensor in state_dict.items()
-        if not name.endswith("rotary_emb.inv_freq")
+        from_hf_name(name): tensor for name, tensor in state_dict.items() if not name.endswith("rotary_emb.inv_freq")
     }
 
 

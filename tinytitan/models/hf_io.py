@@ -18,9 +18,9 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -43,6 +43,7 @@ DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float
 
 
 # ---- what a checkpoint is: model arguments and tokenizer ----
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -108,8 +109,10 @@ def describe_checkpoint(checkpoint: Path, flavor: str | None = None, tokenizer: 
         args, flavor = read_model_args_file(args_file)
         args_from = (f"flavor {flavor!r}" if flavor else "model arguments") + f" from {args_file}"
     else:
-        raise UserError(f"checkpoint {checkpoint}: no run config.toml above it and no {MODEL_ARGS_FILE} in it; "
-                        f"pass --flavor (one of {', '.join(FLAVORS)})")
+        raise UserError(
+            f"checkpoint {checkpoint}: no run config.toml above it and no {MODEL_ARGS_FILE} in it; "
+            f"pass --flavor (one of {', '.join(FLAVORS)})"
+        )
 
     run_tokenizer_path = run_tokenizer(run[1]) if run else None
     if tokenizer:
@@ -128,17 +131,24 @@ def require_tokenizer(spec: ModelSpec, checkpoint: Path):
     from tinytitan.data.tokenizer import Tokenizer
 
     if spec.tokenizer_path is None:
-        raise UserError(f"checkpoint {checkpoint}: cannot tell which tokenizer it was trained with; pass --tokenizer PATH")
+        raise UserError(
+            f"checkpoint {checkpoint}: cannot tell which tokenizer it was trained with; pass --tokenizer PATH"
+        )
     if not spec.tokenizer_path.is_file():
-        raise UserError(f"tokenizer {spec.tokenizer_path} (from {spec.tokenizer_from}): no such file; pass --tokenizer PATH")
+        raise UserError(
+            f"tokenizer {spec.tokenizer_path} (from {spec.tokenizer_from}): no such file; pass --tokenizer PATH"
+        )
     tokenizer = Tokenizer(spec.tokenizer_path)
     if tokenizer.vocab_size > spec.args.vocab_size:
-        raise UserError(f"tokenizer {spec.tokenizer_path}: {tokenizer.vocab_size} pieces do not fit the model's "
-                        f"vocabulary of {spec.args.vocab_size}")
+        raise UserError(
+            f"tokenizer {spec.tokenizer_path}: {tokenizer.vocab_size} pieces do not fit the model's "
+            f"vocabulary of {spec.args.vocab_size}"
+        )
     return tokenizer
 
 
 # ---- DCP checkpoints ----
+
 
 def expected_shapes(args: ModelArgs) -> dict[str, torch.Size]:
     """Our parameter names and shapes for `args`, in the model's order (built on meta: no memory)."""
@@ -151,10 +161,16 @@ def check_shapes(found: dict[str, torch.Size], args: ModelArgs, what: str, args_
     expected = expected_shapes(args)
     missing = [name for name in expected if name not in found]
     unexpected = [name for name in found if name not in expected]
-    wrong = [f"{name} {tuple(found[name])} (expected {tuple(shape)})"
-             for name, shape in expected.items() if name in found and found[name] != shape]
-    problems = ([f"missing {', '.join(missing[:3])}" + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")]
-                if missing else [])
+    wrong = [
+        f"{name} {tuple(found[name])} (expected {tuple(shape)})"
+        for name, shape in expected.items()
+        if name in found and found[name] != shape
+    ]
+    problems = (
+        [f"missing {', '.join(missing[:3])}" + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")]
+        if missing
+        else []
+    )
     problems += [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []
     problems += [f"shape of {', '.join(wrong[:3])}"] if wrong else []
     if problems:
@@ -165,14 +181,19 @@ def dcp_model_metadata(checkpoint: Path) -> dict[str, "dcp.metadata.TensorStorag
     """Our parameter name -> its stored shape and dtype, after checking that every shard file
     holding the model's tensors is there and long enough."""
     if not (checkpoint / ".metadata").is_file():
-        raise UserError(f"checkpoint {checkpoint}: not a checkpoint (expected a folder written by Distributed "
-                        f"Checkpoint, with a .metadata file)")
+        raise UserError(
+            f"checkpoint {checkpoint}: not a checkpoint (expected a folder written by Distributed "
+            f"Checkpoint, with a .metadata file)"
+        )
     try:
         metadata = FileSystemReader(str(checkpoint)).read_metadata()
     except Exception as error:  # a damaged .metadata fails in many ways (pickle, EOF, ...)
         raise UserError(f"checkpoint {checkpoint}: unreadable .metadata ({type(error).__name__}: {error})") from None
-    tensors = {key[len(MODEL_PREFIX):]: value for key, value in metadata.state_dict_metadata.items()
-               if key.startswith(MODEL_PREFIX) and hasattr(value, "chunks")}
+    tensors = {
+        key[len(MODEL_PREFIX) :]: value
+        for key, value in metadata.state_dict_metadata.items()
+        if key.startswith(MODEL_PREFIX) and hasattr(value, "chunks")
+    }
     if not tensors:
         raise UserError(f"checkpoint {checkpoint}: holds no model weights (no '{MODEL_PREFIX}*' tensors)")
     needed: dict[str, int] = {}  # shard file -> bytes the model's tensors need in it
@@ -183,9 +204,12 @@ def dcp_model_metadata(checkpoint: Path) -> dict[str, "dcp.metadata.TensorStorag
     short = sorted(name for name in needed if name not in missing and (checkpoint / name).stat().st_size < needed[name])
     if missing or short:
         problems = ([f"shard file(s) {', '.join(missing)} missing"] if missing else []) + (
-            [f"shard file(s) {', '.join(short)} truncated"] if short else [])
-        raise UserError(f"checkpoint {checkpoint}: incomplete: {'; '.join(problems)} "
-                        f"(copy the whole step folder, written by every rank)")
+            [f"shard file(s) {', '.join(short)} truncated"] if short else []
+        )
+        raise UserError(
+            f"checkpoint {checkpoint}: incomplete: {'; '.join(problems)} "
+            f"(copy the whole step folder, written by every rank)"
+        )
     return tensors
 
 
@@ -205,12 +229,16 @@ def load_dcp_into(checkpoint: Path, tensors: dict[str, torch.Tensor]) -> None:
         raise UserError(f"checkpoint {checkpoint}: cannot read its model tensors ({detail})") from None
 
 
-def read_dcp_model(checkpoint: Path, flavor: str | None = None, tokenizer: Path | None = None) -> tuple[ModelSpec, dict]:
+def read_dcp_model(
+    checkpoint: Path, flavor: str | None = None, tokenizer: Path | None = None
+) -> tuple[ModelSpec, dict]:
     """What the checkpoint is, and its model tensors' metadata, checked against the model arguments."""
     checkpoint = Path(checkpoint).expanduser()
     metadata = dcp_model_metadata(checkpoint)
     spec = describe_checkpoint(checkpoint, flavor, tokenizer)
-    check_shapes({name: value.size for name, value in metadata.items()}, spec.args, f"checkpoint {checkpoint}", spec.args_from)
+    check_shapes(
+        {name: value.size for name, value in metadata.items()}, spec.args, f"checkpoint {checkpoint}", spec.args_from
+    )
     return spec, metadata
 
 
@@ -220,6 +248,7 @@ def save_dcp_model(tensors: dict[str, torch.Tensor], folder: Path) -> None:
 
 
 # ---- Hugging Face folders ----
+
 
 def is_hf_folder(path: Path) -> bool:
     return (path / "config.json").is_file()
@@ -241,8 +270,10 @@ def read_hf_config(folder: Path) -> tuple[dict, ModelArgs]:
 
 def hf_weight_files(folder: Path) -> list[Path]:
     """The weight files of a Hugging Face folder: safetensors preferred, sharded (by index) or not."""
-    for index_name, single_name in (("model.safetensors.index.json", "model.safetensors"),
-                                    ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+    for index_name, single_name in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
         if (folder / index_name).is_file():
             try:
                 weight_map = json.loads((folder / index_name).read_text())["weight_map"]
@@ -251,7 +282,9 @@ def hf_weight_files(folder: Path) -> list[Path]:
             files = [folder / name for name in dict.fromkeys(weight_map.values())]
             missing = [file.name for file in files if not file.is_file()]
             if missing:
-                raise UserError(f"{folder}: incomplete: weight file(s) {', '.join(missing)} listed in {index_name} are missing")
+                raise UserError(
+                    f"{folder}: incomplete: weight file(s) {', '.join(missing)} listed in {index_name} are missing"
+                )
             return files
         if (folder / single_name).is_file():
             return [folder / single_name]
@@ -293,11 +326,16 @@ def read_hf_model(folder: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     folder = Path(folder).expanduser()
     _, args = read_hf_config(folder)
     try:
-        tensors = {from_hf_name(name): tensor for name, tensor in iter_hf_tensors(hf_weight_files(folder))
-                   if not name.endswith("rotary_emb.inv_freq")}  # older exports saved the derived rotary table
+        tensors = {
+            from_hf_name(name): tensor
+            for name, tensor in iter_hf_tensors(hf_weight_files(folder))
+            if not name.endswith("rotary_emb.inv_freq")
+        }  # older exports saved the derived rotary table
     except UserError as error:
         raise UserError(f"{folder}: {error}") from None
-    check_shapes({name: tensor.shape for name, tensor in tensors.items()}, args, f"{folder}", f"{folder / 'config.json'}")
+    check_shapes(
+        {name: tensor.shape for name, tensor in tensors.items()}, args, f"{folder}", f"{folder / 'config.json'}"
+    )
     return args, tensors
 
 
@@ -325,8 +363,11 @@ def write_hf_weights(folder: Path, shards: list[list[str]], load_shard) -> list[
     """Write each shard's tensors (Hugging Face names -> tensors, from `load_shard(names)`) as
     safetensors, one shard in memory at a time; with several, also model.safetensors.index.json."""
     save_file = _safetensors().save_file
-    files = ["model.safetensors"] if len(shards) == 1 else [
-        f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
+    files = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
+    )
     weight_map, total_bytes = {}, 0
     for file, names in zip(files, shards):
         tensors = load_shard(names)
@@ -345,8 +386,12 @@ def write_hf_config(folder: Path, args: ModelArgs, dtype: torch.dtype, bos_id: i
     from tinytitan.models.hf_adapter import to_hf_config
 
     # transformers 5 reads "dtype", earlier versions "torch_dtype".
-    config = {**to_hf_config(args, bos_id, eos_id), "dtype": DTYPE_NAMES[dtype], "torch_dtype": DTYPE_NAMES[dtype],
-              "use_cache": True}
+    config = {
+        **to_hf_config(args, bos_id, eos_id),
+        "dtype": DTYPE_NAMES[dtype],
+        "torch_dtype": DTYPE_NAMES[dtype],
+        "use_cache": True,
+    }
     generation = {"bos_token_id": bos_id, "eos_token_id": eos_id}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
@@ -354,14 +399,16 @@ def write_hf_config(folder: Path, args: ModelArgs, dtype: torch.dtype, bos_id: i
 
 # ---- models for inference ----
 
+
 def _set_rotary_tables(model: Transformer, device) -> None:
     """The rotary tables are derived, never saved: compute them (in float32, as training does)."""
     cos, sin = rotary_tables(model.args.head_dim, model.args.max_seq_len, model.args.rope_theta, device=device)
     model.rope_cos, model.rope_sin = cos, sin
 
 
-def load_model(path: Path, device, dtype: torch.dtype, flavor: str | None = None,
-               tokenizer: Path | None = None) -> tuple[Transformer, ModelSpec]:
+def load_model(
+    path: Path, device, dtype: torch.dtype, flavor: str | None = None, tokenizer: Path | None = None
+) -> tuple[Transformer, ModelSpec]:
     """Our model, in eval mode, from a DCP checkpoint or a Hugging Face folder, with what it is."""
     path = Path(path).expanduser()
     if is_hf_folder(path):
@@ -371,9 +418,13 @@ def load_model(path: Path, device, dtype: torch.dtype, flavor: str | None = None
         model.load_state_dict(tensors, strict=True, assign=True)  # no second copy of the weights
         _set_rotary_tables(model, "cpu")  # the buffers are still on meta, which .to() cannot move
         model.to(device=device, dtype=dtype)
-        spec = ModelSpec(args, matching_flavor(args), f"model arguments from {path / 'config.json'}",
-                         Path(tokenizer or path / "tokenizer.model"),
-                         "--tokenizer" if tokenizer else "the Hugging Face folder")
+        spec = ModelSpec(
+            args,
+            matching_flavor(args),
+            f"model arguments from {path / 'config.json'}",
+            Path(tokenizer or path / "tokenizer.model"),
+            "--tokenizer" if tokenizer else "the Hugging Face folder",
+        )
     else:
         spec, _ = read_dcp_model(path, flavor, tokenizer)
         with torch.device("meta"):
@@ -385,6 +436,7 @@ def load_model(path: Path, device, dtype: torch.dtype, flavor: str | None = None
 
 
 # ---- output folders ----
+
 
 def parse_size(text: str) -> int:
     """Bytes from '500MB', '2GB', '1.5GiB' or a plain integer."""

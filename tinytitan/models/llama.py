@@ -8,8 +8,8 @@ plain-PyTorch references or the fused Triton kernels, chosen when the model is b
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +37,14 @@ class ModelArgs:
             if getattr(self, name) < 1:
                 raise UserError(f"model argument {name}={getattr(self, name)}: expected a positive integer")
         if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
-            raise UserError(f"model arguments dim={self.dim}, n_heads={self.n_heads}: expected dim to split into heads of even size")
+            raise UserError(
+                f"model arguments dim={self.dim}, n_heads={self.n_heads}: expected dim to split into heads of even size"
+            )
         if self.n_heads % self.n_kv_heads:
-            raise UserError(f"model arguments n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}: expected n_heads divisible by n_kv_heads")
+            raise UserError(
+                f"model arguments n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}: "
+                "expected n_heads divisible by n_kv_heads"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -48,11 +53,20 @@ class ModelArgs:
 
 FLAVORS: dict[str, ModelArgs] = {
     # About 5M parameters: trains on the built-in corpus (4096-piece tokenizer) on 2 CPU cores.
-    "debug": ModelArgs(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=4096, ffn_hidden_dim=688, max_seq_len=1024),
+    "debug": ModelArgs(
+        dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=4096, ffn_hidden_dim=688, max_seq_len=1024
+    ),
     # TinyLlama-1.1B (Llama 2 architecture and tokenizer): 1,100,048,384 parameters.
     "tinyllama_1b": ModelArgs(
-        dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, vocab_size=32000, ffn_hidden_dim=5632,
-        norm_eps=1e-5, rope_theta=10000.0, max_seq_len=2048,
+        dim=2048,
+        n_layers=22,
+        n_heads=32,
+        n_kv_heads=4,
+        vocab_size=32000,
+        ffn_hidden_dim=5632,
+        norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_seq_len=2048,
     ),
 }
 
@@ -66,10 +80,15 @@ class Kernels:
 
 
 KERNELS = {
-    "torch": Kernels(rmsnorm.rms_norm_reference, rotary.rotary_reference, swiglu.swiglu_reference,
-                     cross_entropy.linear_cross_entropy_reference),
-    "triton": Kernels(rmsnorm.rms_norm_triton, rotary.rotary_triton, swiglu.swiglu_triton,
-                      cross_entropy.linear_cross_entropy_triton),
+    "torch": Kernels(
+        rmsnorm.rms_norm_reference,
+        rotary.rotary_reference,
+        swiglu.swiglu_reference,
+        cross_entropy.linear_cross_entropy_reference,
+    ),
+    "triton": Kernels(
+        rmsnorm.rms_norm_triton, rotary.rotary_triton, swiglu.swiglu_triton, cross_entropy.linear_cross_entropy_triton
+    ),
 }
 
 
@@ -87,8 +106,8 @@ class LayerKVCache:
         end = self.length + k.shape[1]
         if end > self.keys.shape[1]:
             raise ValueError(f"KV cache holds {self.keys.shape[1]} positions: cannot append up to {end}")
-        self.keys[:, self.length:end] = k
-        self.values[:, self.length:end] = v
+        self.keys[:, self.length : end] = k
+        self.values[:, self.length : end] = v
         self.length = end
         return self.keys[:, :end], self.values[:, :end]
 
@@ -98,8 +117,9 @@ class KVCache:
     each call continues at position `length`."""
 
     def __init__(self, args: "ModelArgs", batch: int, max_len: int, device, dtype=torch.float32):
-        self.layers = [LayerKVCache(batch, max_len, args.n_kv_heads, args.head_dim, device, dtype)
-                       for _ in range(args.n_layers)]
+        self.layers = [
+            LayerKVCache(batch, max_len, args.n_kv_heads, args.head_dim, device, dtype) for _ in range(args.n_layers)
+        ]
 
     @property
     def length(self) -> int:
@@ -131,8 +151,9 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: LayerKVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKVCache | None = None
+    ) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)
@@ -144,8 +165,12 @@ class Attention(nn.Module):
             # The queries are the last `seq` positions: each sees every earlier key and itself.
             mask = torch.ones(seq, k.shape[1], dtype=torch.bool, device=x.device).tril(k.shape[1] - seq)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv_heads != self.n_heads,
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask,
+            is_causal=mask is None,
+            enable_gqa=self.n_kv_heads != self.n_heads,
         )
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
 
@@ -185,14 +210,16 @@ class TransformerBlock(nn.Module):
         # backward. A flag rather than a wrapper module, so parameter names do not change.
         self.checkpoint_activations = False
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: LayerKVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKVCache | None = None
+    ) -> torch.Tensor:
         if self.checkpoint_activations and torch.is_grad_enabled():
             return checkpoint(self._forward, x, cos, sin, cache, use_reentrant=False)
         return self._forward(x, cos, sin, cache)
 
-    def _forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 cache: LayerKVCache | None = None) -> torch.Tensor:
+    def _forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKVCache | None = None
+    ) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -233,8 +260,9 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, labels: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """Logits [batch, seq, vocab] for `tokens`; or, given `labels`, the mean loss over them.
         With a `cache` (generation), `tokens` continue the positions it holds, and are added to it."""
         start = cache.length if cache is not None else 0
@@ -259,7 +287,9 @@ class Transformer(nn.Module):
             layer.init_weights(init_std, out_std)
         self.norm.init_weights()
         nn.init.normal_(self.output.weight, mean=0.0, std=init_std)
-        cos, sin = rotary.rotary_tables(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=self.rope_cos.device)
+        cos, sin = rotary.rotary_tables(
+            self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=self.rope_cos.device
+        )
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
