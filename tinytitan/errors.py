@@ -12,6 +12,13 @@ from typing import NoReturn
 USER_ERROR_EXIT_CODE = 2
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """`text` with its whitespace runs (newlines included) as single spaces, cut to `limit`
+    characters with an ellipsis: how another library's long error is quoted inside ours."""
+    flat = " ".join(str(text).split())
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 class UserError(Exception):
     """Something the user gave (config, path, data, checkpoint) is wrong; the message says what."""
 
@@ -21,7 +28,7 @@ def run_entry_point(main: Callable[[list[str]], int | None], argv: list[str] | N
     try:
         status = main(sys.argv[1:] if argv is None else argv)
     except UserError as error:
-        message = " ".join(str(error).split())  # one line, whatever the message held
+        message = one_line(error)  # one line, whatever the message held
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT_CODE)
     sys.exit(status or 0)

@@ -40,6 +40,15 @@ class Tokenizer:
         """-1 when the model has no padding piece (Llama 2 has none)."""
         return self._sp.pad_id()
 
+    def check_fits(self, vocab_size: int, model: str = "the model") -> "Tokenizer":
+        """Refuse a tokenizer with more pieces than the model's vocabulary: its ids would index
+        past the embedding table. Returns the tokenizer, for chaining."""
+        if self.vocab_size > vocab_size:
+            raise UserError(
+                f"tokenizer {self.path}: {self.vocab_size} pieces: expected at most the vocab_size {vocab_size} of {model}"
+            )
+        return self
+
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         return ([self.bos_id] if bos else []) + self._sp.EncodeAsIds(text) + ([self.eos_id] if eos else [])
 
