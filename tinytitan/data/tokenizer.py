@@ -45,7 +45,8 @@ class Tokenizer:
         past the embedding table. Returns the tokenizer, for chaining."""
         if self.vocab_size > vocab_size:
             raise UserError(
-                f"tokenizer {self.path}: {self.vocab_size} pieces: expected at most the vocab_size {vocab_size} of {model}"
+                f"tokenizer {self.path}: {self.vocab_size} pieces: "
+                f"expected at most the vocab_size {vocab_size} of {model}"
             )
         return self
 
