@@ -77,8 +77,8 @@ def run_baseline(config, warmup: int, steps: int) -> list[dict]:
 
     from tinytitan.data.loader import DataLoader
     from tinytitan.data.streams import SyntheticStream
+    from tinytitan.hf.mapping import to_hf_config
     from tinytitan.metrics import memory_gib
-    from tinytitan.models.hf_adapter import to_hf_config
     from tinytitan.parallel import select_device
 
     device, args = select_device(config.training.device), FLAVORS[config.model.flavor]

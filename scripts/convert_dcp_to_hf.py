@@ -13,7 +13,7 @@ and the tokenizer come from the run's config.toml when the checkpoint sits in a 
 OUT_DIR receives config.json, generation_config.json, model.safetensors (or shards of at most
 --max-shard-size with model.safetensors.index.json) and the tokenizer: tokenizer.model,
 tokenizer.json, tokenizer_config.json and special_tokens_map.json, built so that
-AutoTokenizer gives the same ids as sentencepiece (see tinytitan/data/hf_tokenizer.py). It is
+AutoTokenizer gives the same ids as sentencepiece (see tinytitan/hf/tokenizer.py). It is
 written under a temporary name and renamed when complete; an existing OUT_DIR is refused unless
 --overwrite. Memory: one shard's tensors at a time.
 """
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from tinytitan.data.hf_tokenizer import write_hf_tokenizer
 from tinytitan.errors import UserError, run_entry_point
-from tinytitan.models.hf_adapter import to_hf_name
+from tinytitan.hf.mapping import to_hf_name
+from tinytitan.hf.tokenizer import write_hf_tokenizer
 from tinytitan.models.hf_io import (
     DTYPE_NAMES,
     DTYPES,

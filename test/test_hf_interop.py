@@ -12,11 +12,11 @@ import torch.distributed.checkpoint as dcp
 from conftest import LLAMA2_TOKENIZER, run_command, run_python
 
 from tinytitan.data.builtin_corpus import code_documents, prose_documents
-from tinytitan.data.hf_tokenizer import write_hf_tokenizer
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
 from tinytitan.generation import Sampling, generate
-from tinytitan.models.hf_adapter import to_hf_name
+from tinytitan.hf.mapping import to_hf_name
+from tinytitan.hf.tokenizer import write_hf_tokenizer
 from tinytitan.models.hf_io import load_model
 from tinytitan.models.llama import FLAVORS, KVCache, build_model
 

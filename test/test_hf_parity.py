@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tinytitan.errors import UserError
-from tinytitan.models.hf_adapter import (
+from tinytitan.hf.mapping import (
     from_hf_config,
     from_hf_state_dict,
     to_hf_config,

@@ -29,8 +29,8 @@ from torch.distributed.checkpoint import FileSystemReader
 from tinytitan.config import JobConfig, load_config
 from tinytitan.data.builtin_corpus import corpus_folder
 from tinytitan.errors import UserError
+from tinytitan.hf.mapping import from_hf_config, from_hf_name
 from tinytitan.kernels.rotary import rotary_tables
-from tinytitan.models.hf_adapter import from_hf_config, from_hf_name
 from tinytitan.models.llama import FLAVORS, ModelArgs, Transformer
 
 # A single process loads without a process group on purpose; DCP warns about it.
@@ -383,7 +383,7 @@ def write_hf_weights(folder: Path, shards: list[list[str]], load_shard) -> list[
 
 def write_hf_config(folder: Path, args: ModelArgs, dtype: torch.dtype, bos_id: int, eos_id: int) -> None:
     """config.json (every field LlamaForCausalLM needs, from hf_adapter) and generation_config.json."""
-    from tinytitan.models.hf_adapter import to_hf_config
+    from tinytitan.hf.mapping import to_hf_config
 
     # transformers 5 reads "dtype", earlier versions "torch_dtype".
     config = {
