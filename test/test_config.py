@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 from conftest import run_python
 
-from tinytitan.config import ConfigError, DataSource, JobConfig, _type_name, help_text, load_config, to_toml
+from tinytitan.config import ConfigError, DataSource, JobConfig, accumulation_steps, help_text, load_config, to_toml
+from tinytitan.config.parser import _type_name
 
 
 def write(tmp_path, text: str):
@@ -136,8 +137,6 @@ def test_help_lists_every_key_with_type_default_and_doc():
 
 
 def test_tinyllama_recipe_carries_the_published_hyperparameters():
-    from tinytitan.train import gradient_accumulation_steps
-
     for recipe, ranks, accumulation in (("tinyllama_1b.toml", 16, 8), ("tinyllama_1b_1gpu.toml", 1, 128)):
         config = load_config([f"--job.config_file=train_configs/{recipe}"])
         t, o, s = config.training, config.optimizer, config.lr_scheduler
@@ -151,5 +150,5 @@ def test_tinyllama_recipe_carries_the_published_hyperparameters():
         assert (o.lr, s.min_lr, s.warmup_steps, s.decay_type) == (4e-4, 4e-5, 2000, "cosine")
         assert (o.weight_decay, o.beta1, o.beta2, t.max_norm) == (0.1, 0.9, 0.95, 1.0)
         assert [(d.name, d.weight) for d in config.data.sources] == [("slimpajama", 0.693584), ("starcoder", 0.306416)]
-        assert config.checkpoint.interval == 5000 and t.mixed_precision == "bf16" and config.compile.enable
-        assert gradient_accumulation_steps(config, ranks) == accumulation
+        assert config.checkpoint.interval == 5000 and t.mixed_precision == "bfloat16" and config.compile.enable
+        assert accumulation_steps(config.training, ranks) == accumulation

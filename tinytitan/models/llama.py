@@ -1,4 +1,4 @@
-"""The Llama 2 decoder: model arguments, named flavors, the layers and TinyLlama's initialisation.
+"""The Llama 2 decoder: the layers and TinyLlama's initialisation (arguments and flavors: args.py).
 
 Build it on the meta device, then `to_empty(device=...)` and `init_weights()`: no memory or time is
 spent on a first random initialisation that would be thrown away, so a 1.1B model starts in
@@ -16,59 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tinytitan.errors import UserError
 from tinytitan.kernels import cross_entropy, rmsnorm, rotary, swiglu
-
-
-@dataclass(frozen=True)
-class ModelArgs:
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    vocab_size: int
-    ffn_hidden_dim: int
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    max_seq_len: int = 2048
-
-    def __post_init__(self):
-        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_hidden_dim", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise UserError(f"model argument {name}={getattr(self, name)}: expected a positive integer")
-        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
-            raise UserError(
-                f"model arguments dim={self.dim}, n_heads={self.n_heads}: expected dim to split into heads of even size"
-            )
-        if self.n_heads % self.n_kv_heads:
-            raise UserError(
-                f"model arguments n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}: "
-                "expected n_heads divisible by n_kv_heads"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-
-FLAVORS: dict[str, ModelArgs] = {
-    # About 5M parameters: trains on the built-in corpus (4096-piece tokenizer) on 2 CPU cores.
-    "debug": ModelArgs(
-        dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=4096, ffn_hidden_dim=688, max_seq_len=1024
-    ),
-    # TinyLlama-1.1B (Llama 2 architecture and tokenizer): 1,100,048,384 parameters.
-    "tinyllama_1b": ModelArgs(
-        dim=2048,
-        n_layers=22,
-        n_heads=32,
-        n_kv_heads=4,
-        vocab_size=32000,
-        ffn_hidden_dim=5632,
-        norm_eps=1e-5,
-        rope_theta=10000.0,
-        max_seq_len=2048,
-    ),
-}
+from tinytitan.models.args import FLAVORS, ModelArgs  # noqa: F401  (re-exported: the model's arguments live there)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,103 @@
+"""What no single key can say alone: the keys that must agree with each other (checked when the
+config is loaded), and the rank-dependent checks (`check_runtime`), which need the number of
+processes and devices as well.
+
+`check_runtime` runs twice: in the launcher's pre-check (`python -m tinytitan.config`, before
+torchrun starts any worker) and first thing in training, before any folder, corpus or process
+group. So a mistake is one line and exit status 2, never a failure report from every worker. This
+module does not import torch: the launcher is told the device count rather than asking torch.
+"""
+
+from tinytitan.config.schema import ConfigError, Data, JobConfig, Parallelism, Training, toml_value
+from tinytitan.models.args import FLAVORS
+
+_REPLICATE, _SHARD = "parallelism.data_parallel_replicate_degree", "parallelism.data_parallel_shard_degree"
+
+
+def check_consistency(config: JobConfig) -> None:
+    """The cross-key checks of a loaded config (independent of where and how it runs)."""
+    for key in ("data_parallel_shard_degree", "data_parallel_replicate_degree"):
+        if getattr(config.parallelism, key) == 0:
+            raise ConfigError(f"parallelism.{key} = 0: expected a positive degree or -1")
+    flavor = FLAVORS[config.model.flavor]
+    if config.training.seq_len > flavor.max_seq_len:
+        raise ConfigError(
+            f"training.seq_len = {config.training.seq_len}: expected at most {flavor.max_seq_len}, "
+            f"the max_seq_len of flavor {config.model.flavor!r}"
+        )
+    if config.lr_scheduler.min_lr > config.optimizer.lr:
+        raise ConfigError(
+            f"lr_scheduler.min_lr = {config.lr_scheduler.min_lr}: expected at most optimizer.lr = {config.optimizer.lr}"
+        )
+    _check_sources(config.data)
+
+
+def _check_sources(data: Data) -> None:
+    if data.dataset != "sources":
+        return
+    if not data.sources:
+        raise ConfigError(
+            "data.sources is empty: expected at least one [[data.sources]] table when data.dataset = 'sources'"
+        )
+    names = [source.name for source in data.sources]
+    for index, source in enumerate(data.sources):
+        if not source.name or not source.path:
+            raise ConfigError(
+                f"data.sources[{index}]: name = {toml_value(source.name)}, path = {toml_value(source.path)}: "
+                "expected both to be set"
+            )
+        if source.name in names[:index]:
+            raise ConfigError(f"data.sources[{index}].name = {toml_value(source.name)}: expected names to be unique")
+
+
+def mesh_degrees(parallelism: Parallelism, world_size: int) -> tuple[int, int]:
+    """(replicate, shard) degrees of the device mesh, with -1 standing for the rest of the ranks;
+    their product must be the world size."""
+    replicate, shard = parallelism.data_parallel_replicate_degree, parallelism.data_parallel_shard_degree
+    if replicate == -1 and shard == -1:
+        raise ConfigError(f"{_REPLICATE} = -1 and {_SHARD} = -1: expected at most one of them to be -1")
+    if replicate == -1:
+        replicate = world_size // shard if world_size % shard == 0 else 0
+    if shard == -1:
+        shard = world_size // replicate if world_size % replicate == 0 else 0
+    if replicate * shard != world_size:
+        raise ConfigError(
+            f"{_REPLICATE} = {parallelism.data_parallel_replicate_degree} x {_SHARD} = "
+            f"{parallelism.data_parallel_shard_degree}: expected a product equal to the {world_size} ranks"
+        )
+    return replicate, shard
+
+
+def accumulation_steps(training: Training, world_size: int) -> int:
+    """Micro-steps per optimizer step, so that every step sees global_batch_tokens tokens."""
+    tokens_per_micro_step = training.micro_batch_size * training.seq_len * world_size
+    if training.global_batch_tokens % tokens_per_micro_step:
+        raise ConfigError(
+            f"training.global_batch_tokens = {training.global_batch_tokens}: expected a multiple of "
+            f"micro_batch_size x seq_len x ranks = {training.micro_batch_size} x {training.seq_len} x {world_size} "
+            f"= {tokens_per_micro_step}"
+        )
+    return training.global_batch_tokens // tokens_per_micro_step
+
+
+def check_devices(training: Training, processes_per_node: int, cuda_devices: int) -> None:
+    """training.device against the CUDA devices a node has: a CUDA run needs one device per process."""
+    device = training.device
+    if device == "cuda" and cuda_devices == 0:
+        raise ConfigError(
+            'training.device = "cuda": expected a CUDA device, but this machine shows none (use "auto" or "cpu")'
+        )
+    uses_cuda = device == "cuda" or (device == "auto" and cuda_devices > 0)
+    if uses_cuda and processes_per_node > cuda_devices:
+        raise ConfigError(
+            f"training.device = {toml_value(device)}: {processes_per_node} processes per node on "
+            f'{cuda_devices} CUDA device(s): expected at most one process per device (or training.device = "cpu")'
+        )
+
+
+def check_runtime(config: JobConfig, world_size: int, processes_per_node: int, cuda_devices: int) -> None:
+    """Every check that depends on the number of ranks and devices: the batch divides into the
+    ranks' micro-batches, the mesh degrees multiply to the world size, and the devices are there."""
+    check_devices(config.training, processes_per_node, cuda_devices)
+    mesh_degrees(config.parallelism, world_size)
+    accumulation_steps(config.training, world_size)

@@ -1,0 +1,193 @@
+"""The job's configuration as a user reads it: one dataclass per TOML section, and for each key its
+default, a one-line doc and the values it accepts (`option()`).
+
+The parser (parser.py) applies defaults, then the TOML file, then the command line; the checks
+(checks.py) test what no single key can say alone. `--help` prints this schema.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+from tinytitan.dtypes import ALIASES as DTYPE_ALIASES
+from tinytitan.dtypes import DTYPE_NAMES
+from tinytitan.errors import UserError
+from tinytitan.models.args import FLAVORS
+
+
+class ConfigError(UserError):
+    pass
+
+
+def option(default, doc: str, *, choices=None, aliases=None, min=None, above=None, max=None, below=None):
+    """A config key: its default, a one-line doc, and the values it accepts. `aliases` maps other
+    spellings a user may write (say, from an older config) to the stored one, before `choices` is checked."""
+    limits = {"choices": choices, "aliases": aliases or {}, "min": min, "above": above, "max": max, "below": below}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, **limits})
+    return field(default=default, metadata={"doc": doc, **limits})
+
+
+def toml_value(value) -> str:
+    """A value as TOML writes it: in a saved config and wherever a message quotes a value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+@dataclass
+class Job:
+    config_file: str = option("", "TOML file applied before the command-line overrides")
+    name: str = option("debug", "run name: the run folder is <dump_folder>/<name>")
+    dump_folder: str = option("./outputs", "folder holding the run folders")
+    description: str = option("", "free text printed at start")
+
+
+@dataclass
+class Model:
+    flavor: str = option("debug", "named model size", choices=tuple(FLAVORS))
+    kernels: str = option(
+        "auto",
+        "RMSNorm, rotary, SwiGLU and loss: fused Triton kernels or plain PyTorch; auto: triton on CUDA, torch on CPU",
+        choices=("auto", "triton", "torch"),
+    )
+
+
+@dataclass
+class Training:
+    steps: int = option(200, "optimizer steps to train", min=1)
+    seq_len: int = option(256, "tokens per sample (at most the flavor's max_seq_len)", min=2)
+    global_batch_tokens: int = option(
+        8192,
+        "tokens per optimizer step over all ranks; gradient accumulation makes up what the ranks' micro-batches do not",
+        min=1,
+    )
+    micro_batch_size: int = option(8, "sequences per rank in one forward/backward", min=1)
+    max_norm: float = option(1.0, "clip gradients to this global L2 norm (0 disables clipping)", min=0.0)
+    mixed_precision: str = option(
+        "auto",
+        "auto: bfloat16 autocast on CUDA, float32 on CPU",
+        choices=("auto", "bfloat16", "float32"),
+        aliases=DTYPE_ALIASES,
+    )
+    device: str = option("auto", "auto: CUDA when available, else CPU", choices=("auto", "cuda", "cpu"))
+    seed: int = option(42, "seed of the initial weights and the data order", min=0)
+
+
+@dataclass
+class Optimizer:
+    name: str = option("AdamW", "optimizer (fused kernel on CUDA)", choices=("AdamW",))
+    lr: float = option(4e-4, "peak learning rate", above=0.0)
+    beta1: float = option(0.9, "AdamW beta1", min=0.0, below=1.0)
+    beta2: float = option(0.95, "AdamW beta2", min=0.0, below=1.0)
+    eps: float = option(1e-8, "AdamW epsilon", above=0.0)
+    weight_decay: float = option(0.1, "decoupled weight decay, applied to every parameter as TinyLlama did", min=0.0)
+
+
+@dataclass
+class LRScheduler:
+    warmup_steps: int = option(2000, "steps of linear warmup to the peak lr", min=0)
+    decay_type: str = option(
+        "cosine", "decay from the peak to min_lr after warmup", choices=("cosine", "linear", "constant")
+    )
+    min_lr: float = option(4e-5, "learning rate at the last step", min=0.0)
+
+
+@dataclass
+class DataSource:
+    name: str = option("", "name of the source in logs (val/<name>/loss)")
+    path: str = option("", "folder prepared by scripts/prepare_data.py (it holds manifest.json)")
+    weight: float = option(1.0, "share of the samples drawn from this source (weights are normalised)", above=0.0)
+
+
+@dataclass
+class Data:
+    dataset: str = option(
+        "builtin",
+        "builtin: Python's docs and sources, 7:3 prose:code; sources: data.sources; "
+        "synthetic: uniform random tokens (benchmarks)",
+        choices=("builtin", "sources", "synthetic"),
+    )
+    sources: list[DataSource] = option([], "prepared data sources mixed by weight when dataset = 'sources'")
+    tokenizer_path: str = option(
+        "",
+        "sentencepiece tokenizer.model the sources were prepared with; with 'builtin', empty trains one on the corpus",
+    )
+    cache_dir: str = option("~/.cache/tinytitan", "where the built-in corpus is prepared once and reused")
+    num_workers: int = option(2, "loader worker processes per rank (0: load in the training process)", min=0)
+
+
+@dataclass
+class Validation:
+    eval_freq: int = option(0, "evaluate on each source's validation split every this many steps (0: never)", min=0)
+    eval_steps: int = option(10, "micro-batches per rank in one evaluation of each source", min=1)
+
+
+@dataclass
+class Metrics:
+    log_freq: int = option(10, "log a line (and TensorBoard scalars) every this many steps", min=1)
+    enable_tensorboard: bool = option(True, "write TensorBoard scalars under <run folder>/tb")
+
+
+@dataclass
+class Compile:
+    enable: bool = option(False, "torch.compile each transformer block")
+
+
+@dataclass
+class Parallelism:
+    data_parallel_shard_degree: int = option(-1, "ranks that shard the parameters (FSDP); -1: the rest", min=-1)
+    data_parallel_replicate_degree: int = option(
+        1, "groups of sharding ranks that replicate each other (HSDP); -1: the rest", min=-1
+    )
+    reshard_after_forward: bool = option(
+        True, "free gathered parameters after forward (less memory, one more all-gather)"
+    )
+
+
+@dataclass
+class ActivationCheckpoint:
+    mode: str = option(
+        "none",
+        "recompute activations in backward: none, full (every block), or selective (every selective_every-th block)",
+        choices=("none", "full", "selective"),
+    )
+    selective_every: int = option(2, "with mode = 'selective', checkpoint blocks 0, n, 2n, ...", min=1)
+
+
+@dataclass
+class Checkpoint:
+    enable: bool = option(False, "save checkpoints to <run folder>/checkpoints/step-<N> and resume from the newest")
+    interval: int = option(500, "save every this many steps (and at the last step)", min=1)
+    keep_latest_k: int = option(3, "keep this many newest checkpoints (0: keep all)", min=0)
+    initial_load_path: str = option(
+        "", "model-only checkpoint to start from when the run folder has none (e.g. converted TinyLlama weights)"
+    )
+    async_save: bool = option(
+        False,
+        "save in the background (dcp.async_save): training goes on once the state is "
+        "copied; the checkpoint is published at the first step after every rank has written it",
+    )
+    export_dtype: str = option(
+        "",
+        "at the end, also export model-only weights in this dtype to <run folder>/checkpoints/step-<N>-model",
+        choices=("", *DTYPE_NAMES),
+        aliases=DTYPE_ALIASES,
+    )
+
+
+@dataclass
+class JobConfig:
+    job: Job = field(default_factory=Job)
+    model: Model = field(default_factory=Model)
+    training: Training = field(default_factory=Training)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
+    data: Data = field(default_factory=Data)
+    validation: Validation = field(default_factory=Validation)
+    metrics: Metrics = field(default_factory=Metrics)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    parallelism: Parallelism = field(default_factory=Parallelism)
+    activation_checkpoint: ActivationCheckpoint = field(default_factory=ActivationCheckpoint)
+    compile: Compile = field(default_factory=Compile)
