@@ -9,6 +9,8 @@
 #   NNODES         nodes (default 1); with more, each node runs this script with NODE_RANK and
 #                  MASTER_ADDR (MASTER_PORT, default 29500), or all of them with RDZV_ENDPOINT=host:port
 #   MAX_RESTARTS   times torchrun restarts failed workers, which then resume from the last checkpoint
+# The config is checked first, for the ranks and devices it will run on (python -m tinytitan.config):
+# a mistake is one `error:` line and exit status 2, and nothing is started or written.
 # The first call installs what is missing into .venv (see scripts/bootstrap.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -16,19 +18,36 @@ source scripts/bootstrap.sh
 tt_bootstrap
 
 CONFIG_FILE=${CONFIG_FILE:-./train_configs/debug_model.toml}
-if [ -z "${NGPU:-}" ]; then
-  NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-  [ "${NGPU:-0}" -ge 1 ] || NGPU=1
+for arg in "$@"; do
+  case $arg in -h | --help) exec "$PYTHON" -m tinytitan.train "$@" ;; esac
+done
+
+# The CUDA devices of this node as torch will see them: nvidia-smi lists them all, while
+# CUDA_VISIBLE_DEVICES (when set) hides the others.
+CUDA_DEVICES=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+  visible=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c . || true)
+  if [ "$visible" -lt "$CUDA_DEVICES" ]; then CUDA_DEVICES=$visible; fi
 fi
+NGPU=${NGPU:-$CUDA_DEVICES}
+[ "$NGPU" != 0 ] || NGPU=1
 NNODES=${NNODES:-1}
+for name in NGPU NNODES; do
+  if ! [[ ${!name} =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: $name=${!name}: expected a positive whole number" >&2
+    exit 2
+  fi
+done
+
+# Check the config first, with the ranks and devices it will run on and without importing torch
+# (well under a second): a mistake is one line and exit status 2, before any run folder exists,
+# rather than a traceback, or a failure report from every worker.
+"$PYTHON" -m tinytitan.config --world-size=$((NGPU * NNODES)) --processes-per-node="$NGPU" \
+  --cuda-devices="$CUDA_DEVICES" --job.config_file="$CONFIG_FILE" "$@" || exit
 
 if [ "$NGPU" = 1 ] && [ "$NNODES" = 1 ] && [ -z "${MAX_RESTARTS:-}" ]; then
   exec "$PYTHON" -m tinytitan.train --job.config_file="$CONFIG_FILE" "$@"
 fi
-
-# Several processes: check the config once first, so that a mistake is one line and exit status 2
-# rather than a failure report from every worker.
-"$PYTHON" -m tinytitan.config --job.config_file="$CONFIG_FILE" "$@" || exit
 
 launch=(--nproc_per_node="$NGPU" --nnodes="$NNODES" --max-restarts="${MAX_RESTARTS:-0}")
 # Workers restarted by torchrun must not share the rendezvous store with the first attempt: it can
