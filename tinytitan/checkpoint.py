@@ -26,8 +26,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.stateful import Stateful
 
+from tinytitan import dcp_reader
 from tinytitan.config import Checkpoint
-from tinytitan.errors import UserError
 from tinytitan.parallel import any_rank
 
 _STEP_FOLDER = re.compile(r"step-(\d+)")
@@ -109,16 +109,7 @@ def _barrier() -> None:
 
 
 def _load(state: dict, path: Path, what: str) -> None:
-    if not (path / ".metadata").is_file():
-        raise UserError(
-            f"{what} {path}: not a checkpoint "
-            "(expected a folder written by Distributed Checkpoint, with a .metadata file)"
-        )
-    try:
-        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
-    except (dcp.CheckpointException, RuntimeError, KeyError, ValueError, FileNotFoundError) as error:
-        detail = " ".join(str(error).split())[:400]
-        raise UserError(f"{what} {path}: does not fit this model and training state ({detail})") from None
+    dcp_reader.load(state, path, what, "does not fit this model and training state")
 
 
 class Checkpointer:

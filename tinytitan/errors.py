@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 USER_ERROR_EXIT_CODE = 2
+QUOTED_ERROR_LIMIT = 300  # characters of another library's error quoted inside ours (one_line)
 
 
 def one_line(text: object, limit: int | None = None) -> str:
