@@ -1,17 +1,14 @@
 """Language-model loss: mean cross-entropy over the tokens whose label is not ignored.
 
-References (plain PyTorch, the oracles): `cross_entropy_reference` on logits, and
-`linear_cross_entropy_reference` on the last hidden states and the output weight.
+References (plain PyTorch, the oracles): `linear_cross_entropy_reference` on the last hidden states
+and the output weight, and `cross_entropy_reference` on logits, which it uses.
 
-Triton versions:
-- `linear_cross_entropy_triton(hidden, weight, labels)` never holds the [tokens, vocab] logits.
-  It walks the tokens in chunks; per chunk, a torch matmul makes that chunk's logits, one Triton
-  kernel takes each row's logsumexp (online, in float32) and loss, a second overwrites the logits
-  with their gradient, and two more matmuls add the chunk's share to d(hidden) and d(weight)
-  (summed over chunks in float32). Since the loss is a scalar, the gradients are complete at the
-  end of the forward; the backward only scales them by the incoming gradient.
-- `cross_entropy_triton(logits, labels)` takes logits that already exist: the first kernel in
-  the forward, the second (writing a new tensor) in the backward.
+`linear_cross_entropy_triton(hidden, weight, labels)` never holds the [tokens, vocab] logits. It
+walks the tokens in chunks; per chunk, a torch matmul makes that chunk's logits, one Triton kernel
+takes each row's logsumexp (online, in float32) and loss, a second overwrites the logits with their
+gradient, and two more matmuls add the chunk's share to d(hidden) and d(weight) (summed over chunks
+in float32). Since the loss is a scalar, the gradients are complete at the end of the forward; the
+backward only scales them by the incoming gradient.
 
 A label outside [0, vocab) that is not `ignore_index` makes the Triton loss NaN: checking labels
 on the host would stall the GPU every step, and a NaN loss cannot go unnoticed.
@@ -21,17 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import (
-    INDEX_DTYPES,
-    check_same_device,
-    check_tensor,
-    jit,
-    last_dim_contiguous,
-    num_warps,
-    require_triton,
-    tl,
-    triton,
-)
+from ._common import INDEX_DTYPES, check_same_device, check_tensor, jit, num_warps, require_triton, tl, triton
 
 IGNORE_INDEX = -100
 _MAX_BLOCK_V = 4096  # vocabulary entries per step of a row's loop
@@ -50,24 +37,18 @@ def cross_entropy_reference(
 
 
 def linear_cross_entropy_reference(
-    hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, z_loss: float = 0.0
+    hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX
 ) -> Tensor:
     """Cross-entropy of the logits hidden @ weight.T (made in hidden's dtype, as nn.Linear would),
-    plus z_loss * logsumexp^2, both averaged over the non-ignored tokens; float32."""
-    logits = (hidden @ weight.t()).float()
-    loss = cross_entropy_reference(logits, labels, ignore_index)
-    if z_loss:
-        kept = labels.reshape(-1) != ignore_index
-        lse = torch.logsumexp(logits, dim=-1)
-        loss = loss + z_loss * torch.where(kept, lse.square(), 0.0).sum() / kept.sum().clamp(min=1)
-    return loss
+    averaged over the non-ignored tokens; float32."""
+    return cross_entropy_reference((hidden @ weight.t()).float(), labels, ignore_index)
 
 
 @jit
 def _logsumexp_loss_kernel(
-    logits_ptr, labels_ptr, lse_ptr, loss_ptr, row_stride, vocab, ignore_index, z_loss, BLOCK_V: tl.constexpr
+    logits_ptr, labels_ptr, lse_ptr, loss_ptr, row_stride, vocab, ignore_index, BLOCK_V: tl.constexpr
 ):
-    """Per row: lse = logsumexp(logits) and loss = lse - logits[label] + z_loss * lse^2 (0 if ignored)."""
+    """Per row: lse = logsumexp(logits) and loss = lse - logits[label] (0 if ignored)."""
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * row_stride
     # Online logsumexp: a running maximum and the sum of exp(x - maximum), rescaled when the maximum
@@ -85,8 +66,7 @@ def _logsumexp_loss_kernel(
     label = tl.load(labels_ptr + row).to(tl.int64)
     in_range = (label >= 0) & (label < vocab)
     label_logit = tl.load(row_ptr + label, mask=in_range, other=0.0).to(tl.float32)
-    loss = lse - label_logit + z_loss * lse * lse
-    loss = tl.where(in_range, loss, float("nan"))
+    loss = tl.where(in_range, lse - label_logit, float("nan"))
     loss = tl.where(label == ignore_index, 0.0, loss)
     tl.store(lse_ptr + row, lse)
     tl.store(loss_ptr + row, loss)
@@ -94,74 +74,42 @@ def _logsumexp_loss_kernel(
 
 @jit
 def _logits_grad_kernel(
-    logits_ptr,
-    labels_ptr,
-    lse_ptr,
-    scale_ptr,
-    grad_ptr,
-    logits_row_stride,
-    grad_row_stride,
-    vocab,
-    ignore_index,
-    z_loss,
-    BLOCK_V: tl.constexpr,
+    logits_ptr, labels_ptr, lse_ptr, scale_ptr, row_stride, vocab, ignore_index, BLOCK_V: tl.constexpr
 ):
-    """grad = scale * (softmax * (1 + 2 z_loss lse) - onehot(label)), 0 on ignored rows. grad_ptr may
-    be logits_ptr: each element is read before it is overwritten, by the same program."""
+    """Overwrite the logits with grad = scale * (softmax - onehot(label)), 0 on ignored rows: each
+    element is read before it is overwritten, by the same program."""
     row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * row_stride
     label = tl.load(labels_ptr + row).to(tl.int64)
     lse = tl.load(lse_ptr + row)
     scale = tl.where(label == ignore_index, 0.0, tl.load(scale_ptr))  # scale: d(loss) / count
-    softmax_scale = scale * (1.0 + 2.0 * z_loss * lse)  # d(lse^2) = 2 lse d(lse), and d(lse) = softmax
     for start in range(0, vocab, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         mask = cols < vocab
-        x = tl.load(logits_ptr + row * logits_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-        grad = tl.exp(x - lse) * softmax_scale - tl.where(cols == label, scale, 0.0)
-        tl.store(grad_ptr + row * grad_row_stride + cols, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+        x = tl.load(row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        grad = tl.exp(x - lse) * scale - tl.where(cols == label, scale, 0.0)
+        tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=mask)
 
 
 def _block_v(vocab: int) -> int:
     return min(triton.next_power_of_2(vocab), _MAX_BLOCK_V)
 
 
-def _row_losses(logits: Tensor, labels: Tensor, lse: Tensor, losses: Tensor, ignore_index: int, z_loss: float) -> None:
+def _row_losses(logits: Tensor, labels: Tensor, lse: Tensor, losses: Tensor, ignore_index: int) -> None:
     """Fill lse and losses (float32, one per row of the 2-D `logits`)."""
     n_rows, vocab = logits.shape
     block = _block_v(vocab)
     _logsumexp_loss_kernel[(n_rows,)](
-        logits,
-        labels,
-        lse,
-        losses,
-        logits.stride(0),
-        vocab,
-        ignore_index,
-        z_loss,
-        BLOCK_V=block,
-        num_warps=num_warps(block),
+        logits, labels, lse, losses, logits.stride(0), vocab, ignore_index, BLOCK_V=block, num_warps=num_warps(block)
     )
 
 
-def _logits_grad(
-    logits: Tensor, labels: Tensor, lse: Tensor, scale: Tensor, out: Tensor, ignore_index: int, z_loss: float
-) -> None:
-    """Write d(loss)/d(logits) into `out` (which may be `logits` itself)."""
+def _logits_grad_in_place(logits: Tensor, labels: Tensor, lse: Tensor, scale: Tensor, ignore_index: int) -> None:
+    """Overwrite `logits` with d(loss)/d(logits)."""
     n_rows, vocab = logits.shape
     block = _block_v(vocab)
     _logits_grad_kernel[(n_rows,)](
-        logits,
-        labels,
-        lse,
-        scale,
-        out,
-        logits.stride(0),
-        out.stride(0),
-        vocab,
-        ignore_index,
-        z_loss,
-        BLOCK_V=block,
-        num_warps=num_warps(block),
+        logits, labels, lse, scale, logits.stride(0), vocab, ignore_index, BLOCK_V=block, num_warps=num_warps(block)
     )
 
 
@@ -184,13 +132,9 @@ def _chunk_rows(n_rows: int, vocab: int, dim: int, device: torch.device) -> int:
     return max(1, min(rows, n_rows))
 
 
-# ---------------------------------------------------------------------------------------------
-# Fused output projection + loss
-
-
 @torch.library.custom_op("tinytitan::linear_cross_entropy", mutates_args=())
 def linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int, z_loss: float, compute_grad: bool
+    hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int, compute_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, d_hidden, d_weight): the float32 mean loss and, with compute_grad, its gradients
     (d_weight summed over chunks in float32); empty tensors in their place otherwise."""
@@ -214,10 +158,10 @@ def linear_cross_entropy(
             rows = slice(start, min(start + chunk, n_rows))
             h = hidden[rows]
             logits = torch.mm(h, weight.t())  # [chunk, vocab]: the only logits that ever exist
-            _row_losses(logits, labels[rows], lse[rows], losses[rows], ignore_index, z_loss)
+            _row_losses(logits, labels[rows], lse[rows], losses[rows], ignore_index)
             if not compute_grad:
                 continue
-            _logits_grad(logits, labels[rows], lse[rows], scale, logits, ignore_index, z_loss)
+            _logits_grad_in_place(logits, labels[rows], lse[rows], scale, ignore_index)
             torch.mm(logits, weight, out=d_hidden[rows])
             if logits.dtype == torch.float32:
                 d_weight.addmm_(logits.t(), h)
@@ -231,37 +175,37 @@ def linear_cross_entropy(
 
 
 @linear_cross_entropy.register_fake
-def _(hidden, weight, labels, ignore_index, z_loss, compute_grad):
+def _(hidden, weight, labels, ignore_index, compute_grad):
     loss = hidden.new_empty((), dtype=torch.float32)
     if not compute_grad:
         return loss, hidden.new_empty(0), weight.new_empty(0)
     return loss, hidden.new_empty(hidden.shape), weight.new_empty(weight.shape)
 
 
-def _linear_setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):
     _loss, d_hidden, d_weight = output
     ctx.save_for_backward(d_hidden, d_weight)
     ctx.mark_non_differentiable(d_hidden, d_weight)
-    ctx.computed_grad = inputs[5]
+    ctx.computed_grad = inputs[4]
 
 
-def _linear_backward(ctx, d_loss, _d_hidden, _d_weight):
+def _backward(ctx, d_loss, _d_hidden, _d_weight):
     if not ctx.computed_grad:
         raise RuntimeError("linear_cross_entropy ran with compute_grad=False: it has no gradients to give")
     d_hidden, d_weight = ctx.saved_tensors
-    return d_hidden * d_loss, d_weight * d_loss, None, None, None, None  # d_loss: a 0-dim tensor, dtypes stay
+    return d_hidden * d_loss, d_weight * d_loss, None, None, None  # d_loss: a 0-dim tensor, dtypes stay
 
 
-linear_cross_entropy.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+linear_cross_entropy.register_autograd(_backward, setup_context=_setup_context)
 
 
 def linear_cross_entropy_triton(
-    hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, z_loss: float = 0.0
+    hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX
 ) -> Tensor:
     """Mean cross-entropy (float32) of the logits hidden [N, dim] @ weight [vocab, dim].T against
-    labels [N], plus z_loss * logsumexp^2 averaged the same way, without materialising the logits.
-    0 with zero gradients when every label is `ignore_index`. Under autocast, hidden and weight
-    are cast to the autocast dtype first, as nn.Linear's inputs would be."""
+    labels [N], without materialising the logits; 0 with zero gradients when every label is
+    `ignore_index`. Under autocast, hidden and weight are cast to the autocast dtype first, as
+    nn.Linear's inputs would be."""
     require_triton("linear_cross_entropy_triton")
     check_tensor("hidden", hidden, ndim=2)
     check_tensor("weight", weight, ndim=2)
@@ -283,78 +227,8 @@ def linear_cross_entropy_triton(
             f"one per row of hidden {tuple(hidden.shape)}"
         )
     _check_ignore_index(ignore_index)
-    if not (isinstance(z_loss, (int, float)) and z_loss >= 0):
-        raise ValueError(f"z_loss is {z_loss!r}: expected a non-negative number")
     compute_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    loss, _d_hidden, _d_weight = linear_cross_entropy(hidden, weight, labels, ignore_index, float(z_loss), compute_grad)
-    return loss
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss of given logits
-
-
-@torch.library.custom_op("tinytitan::cross_entropy_forward", mutates_args=())
-def cross_entropy_forward(logits: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
-    """(loss, lse) for 2-D logits: the float32 mean loss and each row's logsumexp for the backward."""
-    logits, labels = last_dim_contiguous(logits), labels.contiguous()
-    lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-    losses = torch.empty_like(lse)
-    if logits.shape[0]:
-        _row_losses(logits, labels, lse, losses, ignore_index, 0.0)
-    return losses.sum() * _inverse_count(labels, ignore_index)[0], lse
-
-
-@cross_entropy_forward.register_fake
-def _(logits, labels, ignore_index):
-    return logits.new_empty((), dtype=torch.float32), logits.new_empty(logits.shape[0], dtype=torch.float32)
-
-
-@torch.library.custom_op("tinytitan::cross_entropy_backward", mutates_args=())
-def cross_entropy_backward(d_loss: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, ignore_index: int) -> Tensor:
-    logits, labels = last_dim_contiguous(logits), labels.contiguous()
-    d_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    scale = (d_loss.to(torch.float32) * _inverse_count(labels, ignore_index)).reshape(1)
-    if logits.shape[0]:
-        _logits_grad(logits, labels, lse, scale, d_logits, ignore_index, 0.0)
-    return d_logits
-
-
-@cross_entropy_backward.register_fake
-def _(d_loss, logits, labels, lse, ignore_index):
-    return logits.new_empty(logits.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    logits, labels, ignore_index = inputs
-    _loss, lse = output
-    ctx.save_for_backward(logits, labels, lse)
-    ctx.mark_non_differentiable(lse)
-    ctx.ignore_index = ignore_index
-
-
-def _backward(ctx, d_loss, _d_lse):
-    logits, labels, lse = ctx.saved_tensors
-    return cross_entropy_backward(d_loss, logits, labels, lse, ctx.ignore_index), None, None
-
-
-cross_entropy_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-def cross_entropy_triton(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Like `cross_entropy_reference`: float32 mean loss of logits [..., vocab] against labels [...]
-    over the non-ignored labels (0, with zero gradient, when all are ignored)."""
-    require_triton("cross_entropy_triton")
-    check_tensor("logits", logits, min_ndim=2)
-    check_tensor("labels", labels, dtypes=INDEX_DTYPES)
-    check_same_device(logits=logits, labels=labels)
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"labels has shape {tuple(labels.shape)}: expected {tuple(logits.shape[:-1])}, "
-            f"the leading dimensions of logits {tuple(logits.shape)}"
-        )
-    _check_ignore_index(ignore_index)
-    loss, _lse = cross_entropy_forward(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index)
+    loss, _d_hidden, _d_weight = linear_cross_entropy(hidden, weight, labels, ignore_index, compute_grad)
     return loss
 
 

@@ -22,12 +22,7 @@ import torch
 from conftest import REPO_ROOT
 
 from tinytitan.kernels import _common
-from tinytitan.kernels.cross_entropy import (
-    cross_entropy_reference,
-    cross_entropy_triton,
-    linear_cross_entropy_reference,
-    linear_cross_entropy_triton,
-)
+from tinytitan.kernels.cross_entropy import linear_cross_entropy_reference, linear_cross_entropy_triton
 from tinytitan.kernels.rmsnorm import rms_norm_reference, rms_norm_triton
 from tinytitan.kernels.rotary import rotary_reference, rotary_tables, rotary_triton
 from tinytitan.kernels.swiglu import swiglu_reference, swiglu_triton
@@ -261,11 +256,10 @@ def linear_loss_fns(labels, **kwargs):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("z_loss", [0.0, 1e-3])
-def test_linear_cross_entropy_matches_reference(dtype, z_loss):
+def test_linear_cross_entropy_matches_reference(dtype):
     # On CPU 45 tokens in 7 chunks (vocab / dim, rounded up) of up to 7 tokens; every third ignored.
     hidden, weight, labels = lm_inputs(45, 48, 301, dtype, ignored=range(0, 45, 3))
-    ours, ref = linear_loss_fns(labels, z_loss=z_loss)
+    ours, ref = linear_loss_fns(labels)
     compare("linear_cross_entropy", ours, ref, [hidden, weight], [0, 1], torch.tensor(1.7, device=DEVICE))
 
 
@@ -275,7 +269,7 @@ def test_linear_cross_entropy_of_large_logits(dtype):
     maximum. In float32 the gradients' error grows with the logits' magnitude (exp turns an
     absolute error of ~300 * 2^-24 in x - lse into that relative error), hence 1e-4."""
     hidden, weight, labels = lm_inputs(30, 40, 257, dtype, scale=100.0, ignored=[4, 5])
-    ours, ref = linear_loss_fns(labels, z_loss=1e-4)
+    ours, ref = linear_loss_fns(labels)
     compare("linear_cross_entropy x100", ours, ref, [hidden, weight], [0, 1], None, fp32_tolerance=1e-4)
 
 
@@ -305,15 +299,11 @@ def test_all_ignored_labels_give_zero_loss_and_zero_gradients(dtype):
     hidden, weight, labels = lm_inputs(9, 16, 40, dtype, ignored=range(9))
     hidden.requires_grad_()
     weight.requires_grad_()
-    loss = linear_cross_entropy_triton(hidden, weight, labels, z_loss=1e-3)
+    loss = linear_cross_entropy_triton(hidden, weight, labels)
     loss.backward()
     assert loss.dtype == torch.float32 and loss.item() == 0.0
     assert hidden.grad.dtype == dtype and weight.grad.dtype == dtype
     assert torch.count_nonzero(hidden.grad) == 0 and torch.count_nonzero(weight.grad) == 0
-    logits = (hidden.detach() @ weight.detach().t()).requires_grad_()
-    loss = cross_entropy_triton(logits, labels)
-    loss.backward()
-    assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
 
 
 def test_linear_cross_entropy_without_grad_and_under_autocast():
@@ -360,29 +350,12 @@ def test_out_of_range_label_makes_the_loss_nan():
     assert torch.isnan(linear_cross_entropy_triton(hidden, weight, labels))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_cross_entropy_of_logits_matches_reference(dtype):
-    """Logits [batch, seq, vocab] with rows 2 entries apart in memory (a view of a wider tensor)."""
-    torch.manual_seed(6)
-    logits = randn(3, 5, 203, dtype=dtype, scale=5.0)[..., :201]
-    labels = torch.randint(0, 201, (3, 5), device=DEVICE)
-    labels[1, 2:] = -100
-    compare(
-        "cross_entropy",
-        lambda x: cross_entropy_triton(x, labels),
-        lambda x: cross_entropy_reference(x, labels),
-        [logits],
-        [0],
-        torch.tensor(0.5, device=DEVICE),
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Guards
 
 
 def bad_calls():
-    f32, bf16 = torch.float32, torch.bfloat16
+    bf16 = torch.bfloat16
     x, w = randn(2, 3, 8), randn(8)
     h, W, labels = randn(4, 8), randn(10, 8), torch.zeros(4, dtype=torch.long, device=DEVICE)
     q, cos, sin = randn(1, 3, 2, 8), randn(3, 8), randn(3, 8)
@@ -425,20 +398,8 @@ def bad_calls():
             "weight has dtype torch.bfloat16: expected the dtype of hidden, torch.float32",
         ),
         (
-            lambda: linear_cross_entropy_triton(h, W, labels, z_loss=-0.1),
-            "z_loss is -0.1: expected a non-negative number",
-        ),
-        (
             lambda: linear_cross_entropy_triton(h, W, labels, ignore_index=-1.5),
             "ignore_index is -1.5: expected an integer",
-        ),
-        (
-            lambda: cross_entropy_triton(randn(2, 3, 10), labels[:4].view(2, 2)),
-            r"labels has shape \(2, 2\): expected \(2, 3\)",
-        ),
-        (
-            lambda: cross_entropy_triton(randn(10, dtype=f32), labels[:1]),
-            r"logits has shape \(10,\): expected at least 2",
         ),
     ]
 
@@ -492,17 +453,12 @@ def op_samples():
         (swiglu.swiglu_forward, (leaf(4, 33), leaf(4, 33))),
         (swiglu.swiglu_backward, (randn(4, 33), randn(4, 33), randn(4, 33))),
         (rotary.rotary, (leaf(2, 3, 4, 8), randn(3, 8), randn(3, 8), True)),
-        (cross_entropy.linear_cross_entropy, (leaf(6, 16), leaf(50, 16), labels, -100, 0.01, True)),
-        (cross_entropy.linear_cross_entropy, (randn(6, 16), randn(50, 16), labels, -100, 0.0, False)),
-        (cross_entropy.cross_entropy_forward, (leaf(6, 50), labels, -100)),
-        (
-            cross_entropy.cross_entropy_backward,
-            (torch.tensor(1.0, device=DEVICE), randn(6, 50), labels, randn(6), -100),
-        ),
+        (cross_entropy.linear_cross_entropy, (leaf(6, 16), leaf(50, 16), labels, -100, True)),
+        (cross_entropy.linear_cross_entropy, (randn(6, 16), randn(50, 16), labels, -100, False)),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(7))
 def test_custom_ops_pass_opcheck(case):
     """Schema, fake (meta) functions against the real outputs, autograd registration, AOT dispatch."""
     op, args = op_samples()[case]
@@ -524,8 +480,8 @@ def small_model_piece(x, norm_weight, qkv, cos, sin, w_gate_up, out_weight, labe
     h = swiglu(*(h @ w_gate_up.t()).chunk(2, dim=-1))
     flat_h, flat_labels = h.flatten(0, 1), labels.flatten()
     if use_triton:
-        return linear_cross_entropy_triton(flat_h, out_weight, flat_labels, z_loss=1e-4)
-    return linear_cross_entropy_reference(flat_h, out_weight, flat_labels, z_loss=1e-4)
+        return linear_cross_entropy_triton(flat_h, out_weight, flat_labels)
+    return linear_cross_entropy_reference(flat_h, out_weight, flat_labels)
 
 
 def piece_inputs(batch=2, seq=5, dim=16, vocab=37):
@@ -574,8 +530,8 @@ kernels = [
      {"BLOCK_HEADS": 32, "BLOCK_HALF": 32, "TRANSPOSE": False}, 4),
     (rotary._rotary_kernel, "bf16 f32 f32 bf16 i32 i32 i32 i32 i32 i32 i32 i32",
      {"BLOCK_HEADS": 32, "BLOCK_HALF": 32, "TRANSPOSE": True}, 4),
-    (cross_entropy._logsumexp_loss_kernel, "bf16 i64 f32 f32 i32 i32 i32 fp32", {"BLOCK_V": 4096}, 8),
-    (cross_entropy._logits_grad_kernel, "bf16 i64 f32 f32 bf16 i32 i32 i32 i32 fp32", {"BLOCK_V": 4096}, 8),
+    (cross_entropy._logsumexp_loss_kernel, "bf16 i64 f32 f32 i32 i32 i32", {"BLOCK_V": 4096}, 8),
+    (cross_entropy._logits_grad_kernel, "bf16 i64 f32 f32 i32 i32 i32", {"BLOCK_V": 4096}, 8),
 ]
 for kernel, types, constexprs, num_warps in kernels:
     names = [name for name in kernel.arg_names if name not in constexprs]
@@ -680,7 +636,7 @@ def test_kernels_at_tinyllama_widths(dtype):
         randn(2, 512, 32, 64, dtype=dtype),
     )
     hidden, out_weight, labels = lm_inputs(1024, 2048, 32000, dtype, ignored=range(0, 1024, 7))
-    ours, ref = linear_loss_fns(labels, z_loss=1e-4)
+    ours, ref = linear_loss_fns(labels)
     compare("linear_cross_entropy", ours, ref, [hidden, out_weight], [0, 1], None, fp32_tolerance=2e-5)
 
 
