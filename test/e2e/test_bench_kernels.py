@@ -1,0 +1,27 @@
+"""scripts/bench_kernels.py as a user runs it: without CUDA, its smoke version under the interpreter."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_kernels_smoke_run_prints_its_table():
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_kernels.py", "--smoke"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| kernel | implementation |"), result.stdout
+    for kernel in ("rms_norm", "swiglu", "rotary", "linear_cross_entropy"):
+        rows = [line for line in table if line.startswith(f"| {kernel} |")]
+        assert any("| triton |" in row for row in rows) and any("| eager |" in row for row in rows), result.stdout
+        assert all(re.search(r"\| \d+\.\d+ \|", row) for row in rows), rows
