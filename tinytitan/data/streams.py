@@ -114,9 +114,6 @@ class MixedStream:
             within[sources == source] = block * count + np.arange(count)
         return sources, within
 
-    def source_of(self, index: int) -> int:
-        return int(self._block(index // self.BLOCK)[0][index % self.BLOCK])
-
     def sample(self, index: int) -> np.ndarray:
         sources, within = self._block(index // self.BLOCK)
         position = index % self.BLOCK
