@@ -58,7 +58,7 @@ def _expected(f: dataclasses.Field) -> str:
         return f"an array of tables with the keys {keys}"
     meta, words = f.metadata, [_TYPE_NAMES[f.type]]
     if meta["choices"]:
-        aliases = [alias for alias, value in meta["aliases"].items() if value in meta["choices"]]
+        aliases = [alias for choice in meta["choices"] for alias, value in meta["aliases"].items() if value == choice]
         also = f" (or {', '.join(repr(a) for a in aliases)})" if aliases else ""
         return "one of " + ", ".join(repr(c) for c in meta["choices"]) + also
     for limit, sign in (("min", ">="), ("above", ">"), ("max", "<="), ("below", "<")):
