@@ -192,6 +192,8 @@ def prepare_builtin_corpus(cache_dir: str | Path, tokenizer_path: str | Path | N
     folder = corpus_folder(cache_dir, tokenizer_path)
     if not (folder / "corpus.json").is_file():
         print(f"built-in corpus: preparing it once in {folder}", file=sys.stderr, flush=True)
+        # Not files.staged_folder, which replaces a published folder: here the first process to
+        # publish wins, and the others (ranks, or runs started together) use its corpus as it is.
         staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)

@@ -17,11 +17,11 @@ with a manifest is complete as far as it lists.
 """
 
 import json
-import os
 from pathlib import Path
 
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
+from tinytitan.files import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "tinytitan-shards"
@@ -57,9 +57,7 @@ def write_manifest(folder: str | Path, tokenizer: Tokenizer, splits: dict[str, d
         **extra,
     }
     path = folder / MANIFEST_NAME
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(temporary, path)
+    atomic_write_json(path, manifest)
     return path
 
 

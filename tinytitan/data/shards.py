@@ -17,7 +17,6 @@ The file is exactly 64 + 2*N bytes, so a truncated copy is caught. The header ke
 shard that exists is complete.
 """
 
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tinytitan.errors import UserError
+from tinytitan.files import atomic_write_bytes
 
 MAGIC = b"TTSHARD\0"
 VERSION = 1
@@ -59,13 +59,9 @@ def write_shard(path: str | Path, tokens: np.ndarray, num_documents: int, vocab_
     if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise UserError(f"shard {path}: token ids span {tokens.min()}..{tokens.max()}: expected 0..{vocab_size - 1}")
     header = ShardHeader(num_tokens=int(tokens.size), num_documents=num_documents, vocab_size=vocab_size)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
-        file.write(header.pack())
-        file.write(tokens.astype(_DTYPES[_UINT16_CODE], copy=False).tobytes())
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    stored = np.ascontiguousarray(tokens.astype(_DTYPES[_UINT16_CODE], copy=False))
+    # Durable before the rename: a shard costs a tokenizing pass to make again.
+    atomic_write_bytes(path, b"".join([header.pack(), stored]), fsync=True)
     return header
 
 
