@@ -162,7 +162,7 @@ def test_bad_setups_are_user_errors(tmp_path, corpus_cache, builtin_corpus, over
 
 @pytest.mark.skipif(not LLAMA2_TOKENIZER.is_file(), reason="the Llama 2 tokenizer is not beside the checkout")
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
-    with pytest.raises(UserError, match="tokenizer of 32000 pieces: expected at most the model's vocab_size 4096"):
+    with pytest.raises(UserError, match=r"data source 'prose' .*: 32000 pieces: expected at most the vocab_size 4096"):
         train(
             debug_config(
                 tmp_path, tmp_path / "cache", "--training.steps=1", f"--data.tokenizer_path={LLAMA2_TOKENIZER}"

@@ -35,13 +35,24 @@ def check_sources(sources: list[Source], vocab_size: int, tokenizer: Tokenizer |
                 f"data source {source.name!r} ({source.path}): tokenized with sha256 {record['sha256'][:12]}…: "
                 f"expected {what} ({expected[:12]}…)"
             )
-        if record["vocab_size"] > vocab_size:
-            raise UserError(
-                f"data source {source.name!r} ({source.path}): tokenizer of {record['vocab_size']} pieces: "
-                f"expected at most the model's vocab_size {vocab_size}"
-            )
+        _check_fits(source, record, vocab_size, tokenizer)
         if not split_shards(source.path, "train"):
             raise UserError(f"data source {source.name!r} ({source.path}): no train split in its manifest")
+
+
+def _check_fits(source: Source, record: dict, vocab_size: int, tokenizer: Tokenizer | None) -> None:
+    """The source's tokenizer fits the model: the tokenizer itself decides when it is at hand (it
+    made the source, as its checksum says), else the size the manifest records."""
+    if tokenizer is not None:
+        try:
+            tokenizer.check_fits(vocab_size)
+        except UserError as error:
+            raise UserError(f"data source {source.name!r} ({source.path}): {error}") from None
+    elif record["vocab_size"] > vocab_size:
+        raise UserError(
+            f"data source {source.name!r} ({source.path}): tokenizer of {record['vocab_size']} pieces: "
+            f"expected at most the model's vocab_size {vocab_size}"
+        )
 
 
 def training_stream(sources: list[Source], seq_len: int, seed: int) -> MixedStream:
