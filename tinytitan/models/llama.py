@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tinytitan.kernels import cross_entropy, rmsnorm, rotary, swiglu
+from tinytitan.errors import UserError
+from tinytitan.kernels import cross_entropy, rmsnorm, rotary, swiglu, triton_unusable_reason
 from tinytitan.models.args import FLAVORS, ModelArgs  # noqa: F401  (re-exported: the model's arguments live there)
 
 
@@ -39,6 +40,20 @@ KERNELS = {
         rmsnorm.rms_norm_triton, rotary.rotary_triton, swiglu.swiglu_triton, cross_entropy.linear_cross_entropy_triton
     ),
 }
+
+
+def select_kernels(choice: str, device: torch.device) -> str:
+    """The KERNELS entry for model.kernels: "auto" is Triton on CUDA (when installed) and PyTorch
+    elsewhere; Triton on a CPU runs only under its interpreter."""
+    unusable = triton_unusable_reason(device.type)
+    if choice == "auto":
+        return "triton" if device.type == "cuda" and unusable is None else "torch"
+    if choice == "triton" and unusable:
+        raise UserError(
+            f'model.kernels = "triton": {unusable}: expected a CUDA device with Triton '
+            "(or TRITON_INTERPRET=1, the slow interpreter used by the tests)"
+        )
+    return choice
 
 
 class LayerKVCache:
