@@ -1,4 +1,4 @@
-"""Throughput, model FLOPs utilisation, memory, and the log line plus TensorBoard scalars.
+"""Throughput, model FLOPs utilisation, memory, and the log line (printed, and as TensorBoard scalars).
 
 FLOPs per token (forward + backward) = 6 * N + 12 * L * d * T, where N counts every parameter
 except the input embedding (a lookup, not a matmul), L is the number of layers, d the model
@@ -7,13 +7,16 @@ at T = 2048 that is 7.31 GFLOP per token. MFU divides the achieved FLOP rate by 
 dense bf16 peak from the table below; on an unknown device or on CPU no MFU is reported.
 """
 
+import math
 import resource
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from tinytitan.models.llama import ModelArgs
+from tinytitan.models.llama import ModelArgs, Transformer, count_parameters
 
 # Dense bf16 tensor-core peak FLOP/s by device name (matched as a substring of the CUDA name, in
 # this order). From the vendors' data sheets, without sparsity.
@@ -55,22 +58,84 @@ def memory_gib(device: torch.device) -> float:
     return kib * (1 if sys.platform != "darwin" else 1 / 1024) / 2**20
 
 
+@dataclass
+class Throughput:
+    """Counts tokens between log lines and turns them into tokens/s and MFU (per device)."""
+
+    flops_per_token: float
+    peak_flops: float | None
+    tokens: int = 0
+    since: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def of(cls, model: Transformer, seq_len: int, device: torch.device) -> "Throughput":
+        without_embedding = count_parameters(model, exclude_embedding=True)
+        return cls(flops_per_token(model.args, without_embedding, seq_len), peak_flops(device))
+
+    def reset(self) -> None:
+        self.tokens, self.since = 0, time.perf_counter()
+
+    def report(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.since, 1e-9)
+        values = {"tokens_per_second": self.tokens / elapsed}
+        if self.peak_flops:
+            values["mfu_percent"] = 100 * values["tokens_per_second"] * self.flops_per_token / self.peak_flops
+        return values
+
+
+def step_values(
+    loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, throughput: Throughput, device: torch.device
+) -> dict[str, float]:
+    """The numbers of a log line (`loss`: the step's mean loss over all ranks). `.item()` waits for
+    the device: the only host synchronisation of a step, and only on logging steps."""
+    values = {
+        "loss": loss.item(),
+        "grad_norm": grad_norm.item(),
+        "lr": lr,
+        **throughput.report(),
+        "memory_gib": memory_gib(device),
+    }
+    if not math.isfinite(values["loss"]):
+        raise RuntimeError(f"loss is {values['loss']} at this step: training diverged")
+    throughput.reset()
+    return values
+
+
+def add_record(records: list[dict], step: int, values: dict[str, float]) -> None:
+    """What a step logged: merged into that step's record when it has one (validation after training)."""
+    if records and records[-1]["step"] == step:
+        records[-1].update(values)
+    else:
+        records.append({"step": step, **values})
+
+
 class MetricsLogger:
-    """Prints the log line and, when enabled, writes the same numbers as TensorBoard scalars."""
+    """Prints the log line and, when enabled, writes the same numbers as TensorBoard scalars; keeps
+    what each step logged in `records`."""
 
     def __init__(self, tensorboard_dir: Path | None, quiet: bool = False):
         self._writer, self._quiet = None, quiet
+        self.records: list[dict[str, float]] = []
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(tensorboard_dir))
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        add_record(self.records, step, values)
         if not self._quiet:
             print("  ".join([f"step {step:>6}"] + [_format(name, value) for name, value in values.items()]), flush=True)
         if self._writer is not None:
             for name, value in values.items():
                 self._writer.add_scalar(name, value, step)
+
+    def loss_summary(self) -> str | None:
+        """The first and the last logged loss, for the closing line of a run (None if none was logged)."""
+        logged = [record for record in self.records if "loss" in record]
+        if not logged:
+            return None
+        first, last = logged[0], logged[-1]
+        return f"loss {first['loss']:.3f} at step {first['step']}, {last['loss']:.3f} at step {last['step']}"
 
     def close(self) -> None:
         if self._writer is not None:
