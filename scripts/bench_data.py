@@ -23,14 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import prepare_data
-
 from tinytitan.data.builtin_corpus import code_documents, prose_documents
 from tinytitan.data.loader import DataLoader
 from tinytitan.data.manifest import read_manifest
 from tinytitan.data.sources import Source, training_stream
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError, run_entry_point
+from tinytitan.prepare import run as prepare_data
+from tinytitan.prepare.options import find_tokenizer
 
 SETS = ("RedPajamaCommonCrawl", "RedPajamaC4", "RedPajamaBook", "RedPajamaArXiv", "RedPajamaWikipedia")
 
@@ -170,7 +170,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: expected an integer >= 1")
-    tokenizer_path = prepare_data.find_tokenizer(args.tokenizer)
+    tokenizer_path = find_tokenizer(args.tokenizer)
     tokenizer = Tokenizer(tokenizer_path)
     results = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},

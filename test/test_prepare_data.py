@@ -6,6 +6,7 @@ skip. The expected tokens come from the tokenizer itself, document by document."
 import json
 import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -20,9 +21,9 @@ from tinytitan.data.manifest import read_manifest, split_shards
 from tinytitan.data.shards import open_shard
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-import prepare_data  # noqa: E402
+from tinytitan.prepare import run as prepare_data
+from tinytitan.prepare.one_input import input_key
+from tinytitan.prepare.options import find_tokenizer
 
 SETS = ["RedPajamaC4", "RedPajamaGithub", "RedPajamaBook", "RedPajamaArXiv"]
 PHRASES = [
@@ -323,7 +324,7 @@ def test_a_run_resumed_after_some_inputs_gives_the_shards_of_one_run(tmp_path, t
     resumed = tmp_path / "resumed"
     prepare(tokenizer, tmp_path / "data/p0.jsonl", tmp_path / "data/p2.jsonl", "--output", resumed, *flags)
     assert len(read_manifest(resumed)["inputs"]) == 2
-    key = prepare_data.input_key("data/p1.jsonl")  # what a run killed while writing p1 leaves behind
+    key = input_key("data/p1.jsonl")  # what a run killed while writing p1 leaves behind
     (resumed / f"train-{key}-00007.bin").write_bytes(b"half a shard")
     (resumed / f"train-{key}-00008.bin.tmp").write_bytes(b"a quarter")
     prepare(tokenizer, tmp_path / "data", "--output", resumed, *flags)
@@ -353,7 +354,7 @@ def test_a_killed_run_resumes_to_the_shards_of_one_run(tmp_path, tokenizer):
     try:
         writer = _wait_for(run, lambda: _open_for_writing(data / "p2.jsonl"))  # p0 and p1 are done
         os.write(writer, b"".join(json.dumps(row).encode() + b"\n" for row in third[:15]))
-        key = prepare_data.input_key("data/p2.jsonl")
+        key = input_key("data/p2.jsonl")
         _wait_for(run, lambda: list(out.glob(f"train-{key}-*.bin")))
     finally:
         os.killpg(run.pid, signal.SIGKILL)
@@ -361,7 +362,7 @@ def test_a_killed_run_resumes_to_the_shards_of_one_run(tmp_path, tokenizer):
         if writer is not None:
             os.close(writer)
     done = sorted(p.name for p in (out / "done").iterdir())
-    assert done == sorted(f"{prepare_data.input_key(f'data/p{i}.jsonl')}.json" for i in range(2))
+    assert done == sorted(f"{input_key(f'data/p{i}.jsonl')}.json" for i in range(2))
 
     (data / "p2.jsonl").unlink()
     write_lines(data / "p2.jsonl", third)
@@ -643,20 +644,17 @@ def test_a_folder_takes_one_tokenizer_and_one_document_shape(tmp_path, tokenizer
 
 
 def test_the_default_tokenizer(tmp_path):
-    assert prepare_data.find_tokenizer(None, {"TINYTITAN_TOKENIZER": "/x/t.model"}, tmp_path / "repo") == Path(
-        "/x/t.model"
-    )
+    assert find_tokenizer(None, {"TINYTITAN_TOKENIZER": "/x/t.model"}, tmp_path / "repo") == Path("/x/t.model")
     with pytest.raises(UserError, match=r"no tokenizer: expected --tokenizer"):
-        prepare_data.find_tokenizer(None, {}, tmp_path / "repo")
+        find_tokenizer(None, {}, tmp_path / "repo")
     shared = tmp_path / "shared/assets/llama2-tokenizer.model"
     shared.parent.mkdir(parents=True)
     shared.write_bytes(b"model")
-    assert prepare_data.find_tokenizer(None, {}, tmp_path / "repo") == shared
+    assert find_tokenizer(None, {}, tmp_path / "repo") == shared
 
 
 def test_the_tokenization_benchmark_smoke_mode(tmp_path, tokenizer):
-    import bench_data
-
+    generated_documents = runpy.run_path(str(REPO_ROOT / "scripts/bench_data.py"))["generated_documents"]
     result = run_python(
         "scripts/bench_data.py", "--smoke", "--tokenizer", str(tokenizer.path), "--json", str(tmp_path / "b.json")
     )
@@ -664,7 +662,7 @@ def test_the_tokenization_benchmark_smoke_mode(tmp_path, tokenizer):
     assert "tokens/s per worker" in result.stdout and "loader, 1 rank, 2 worker(s)" in result.stdout
     measured = json.loads((tmp_path / "b.json").read_text())
     prepared = measured["prepare_data"]
-    assert prepared["documents"] + prepared["left_out"] == len(bench_data.generated_documents(2.0))  # the whole corpus
+    assert prepared["documents"] + prepared["left_out"] == len(generated_documents(2.0))  # the whole corpus
     assert prepared["tokens_per_second_per_worker"] > 0 and measured["tokenizer_alone"]["tokens"] > 0
     assert (
         measured["loader"]["workers_0_tokens_per_second"] > 0 and measured["loader"]["workers_2_tokens_per_second"] > 0
