@@ -24,9 +24,7 @@ from pathlib import Path
 import torch
 
 from tinytitan.errors import UserError, run_entry_point
-from tinytitan.hf.mapping import to_hf_name
-from tinytitan.hf.tokenizer import write_hf_tokenizer
-from tinytitan.models.hf_io import (
+from tinytitan.hf.folder import (
     DTYPE_NAMES,
     DTYPES,
     check_output_folder,
@@ -41,6 +39,8 @@ from tinytitan.models.hf_io import (
     write_hf_config,
     write_hf_weights,
 )
+from tinytitan.hf.mapping import to_hf_name
+from tinytitan.hf.tokenizer import write_hf_tokenizer
 
 FP16_MAX = torch.finfo(torch.float16).max
 

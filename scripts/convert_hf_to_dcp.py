@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError, run_entry_point
-from tinytitan.models.hf_io import (
+from tinytitan.hf.folder import (
     DTYPE_NAMES,
     MODEL_ARGS_FILE,
     check_output_folder,

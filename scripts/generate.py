@@ -19,7 +19,7 @@ import torch
 
 from tinytitan.errors import UserError, run_entry_point
 from tinytitan.generation import Sampling, generate
-from tinytitan.models.hf_io import DTYPES, load_model, require_tokenizer
+from tinytitan.hf.folder import DTYPES, load_model, require_tokenizer
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
