@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export a tinytitan checkpoint as a Hugging Face Llama folder that transformers loads offline.
 
-    python scripts/convert_dcp_to_hf.py outputs/debug/checkpoints/step-200 hf/debug --dtype bf16
+    python scripts/convert_dcp_to_hf.py outputs/debug/checkpoints/step-200 hf/debug --dtype bfloat16
 
 CKPT_DIR is a Distributed Checkpoint folder written by any number of ranks: a training checkpoint
 (only its model tensors are read, never the optimizer's) or a model-only one (step-<N>-model, or
@@ -23,24 +23,14 @@ from pathlib import Path
 
 import torch
 
+from tinytitan import dcp_reader
+from tinytitan.dtypes import ALIASES, DTYPE_NAMES, dtype_name, torch_dtype
 from tinytitan.errors import UserError, run_entry_point
-from tinytitan.hf.folder import (
-    DTYPE_NAMES,
-    DTYPES,
-    check_output_folder,
-    expected_shapes,
-    folder_bytes,
-    load_dcp_tensors,
-    parse_size,
-    plan_shards,
-    read_dcp_model,
-    require_tokenizer,
-    staged_folder,
-    write_hf_config,
-    write_hf_weights,
-)
+from tinytitan.files import check_output_folder, folder_bytes, staged_folder
+from tinytitan.hf.folder import parse_size, plan_shards, write_hf_config, write_hf_weights
 from tinytitan.hf.mapping import to_hf_name
 from tinytitan.hf.tokenizer import write_hf_tokenizer
+from tinytitan.model_files import expected_shapes, read_dcp_model, require_tokenizer
 
 FP16_MAX = torch.finfo(torch.float16).max
 
@@ -49,7 +39,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, metavar="CKPT_DIR", help="DCP checkpoint folder (holds .metadata)")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="Hugging Face folder to write")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), help="weights' dtype (default: as stored in the checkpoint)")
+    parser.add_argument(
+        "--dtype",
+        choices=(*DTYPE_NAMES, *ALIASES),
+        metavar="{" + ",".join(DTYPE_NAMES) + "}",
+        help="weights' dtype (default: as stored in the checkpoint; bf16, fp16 and fp32 also read)",
+    )
     parser.add_argument("--tokenizer", type=Path, help="sentencepiece tokenizer.model (default: the run's)")
     parser.add_argument("--flavor", help="model flavor (default: the run's, or the converted checkpoint's arguments)")
     parser.add_argument(
@@ -68,11 +63,12 @@ def shard_loader(checkpoint: Path, metadata: dict, dtype: torch.dtype):
     """Reads a shard's tensors from the checkpoint, in `dtype`, under Hugging Face names."""
 
     def load(names: list[str]) -> dict[str, torch.Tensor]:
-        tensors = load_dcp_tensors(checkpoint, metadata, names)
+        tensors = dcp_reader.read_model(checkpoint, metadata, names)
         for name, tensor in tensors.items():
             if dtype == torch.float16 and tensor.abs().max().item() > FP16_MAX:
                 raise UserError(
-                    f"checkpoint {checkpoint}: {name} has values beyond float16's range; use --dtype bf16 or fp32"
+                    f"checkpoint {checkpoint}: {name} has values beyond float16's range; "
+                    "use --dtype bfloat16 or float32"
                 )
         return {to_hf_name(name): tensor.to(dtype).contiguous() for name, tensor in tensors.items()}
 
@@ -86,7 +82,7 @@ def main(argv: list[str]) -> None:
     check_output_folder(out, options.overwrite, checkpoint)
     spec, metadata = read_dcp_model(checkpoint, options.flavor, options.tokenizer)
     tokenizer = require_tokenizer(spec, checkpoint)
-    dtype = DTYPES[options.dtype] if options.dtype else stored_dtype(metadata)
+    dtype = torch_dtype(options.dtype) if options.dtype else stored_dtype(metadata)
 
     shapes = expected_shapes(spec.args)  # the model's order: embeddings, blocks, norm, output
     sizes = {name: shape.numel() * dtype.itemsize for name, shape in shapes.items()}
@@ -99,7 +95,7 @@ def main(argv: list[str]) -> None:
 
     print(
         f"wrote {out}: LlamaForCausalLM ({spec.args_from}), {sum(s.numel() for s in shapes.values()):,} "
-        f"parameters in {DTYPE_NAMES[dtype]}, {len(files)} safetensors file(s), {written / 1e6:,.1f} MB in all; "
+        f"parameters in {dtype_name(dtype)}, {len(files)} safetensors file(s), {written / 1e6:,.1f} MB in all; "
         f"tokenizer of {tokenizer.vocab_size} pieces from {spec.tokenizer_from} ({spec.tokenizer_path})",
         flush=True,
     )

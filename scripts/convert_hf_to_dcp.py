@@ -18,16 +18,16 @@ import argparse
 import shutil
 from pathlib import Path
 
+from tinytitan import dcp_reader
 from tinytitan.data.tokenizer import Tokenizer
-from tinytitan.errors import UserError, run_entry_point
-from tinytitan.hf.folder import (
-    DTYPE_NAMES,
+from tinytitan.dtypes import dtype_name
+from tinytitan.errors import run_entry_point
+from tinytitan.files import check_output_folder, staged_folder
+from tinytitan.model_files import (
     MODEL_ARGS_FILE,
-    check_output_folder,
+    TOKENIZER_FILE,
     matching_flavor,
     read_hf_model,
-    save_dcp_model,
-    staged_folder,
     write_model_args_file,
 )
 
@@ -41,12 +41,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def checked_tokenizer(hf_dir: Path, vocab_size: int) -> Path | None:
-    path = hf_dir / "tokenizer.model"
+    """The folder's tokenizer.model, if it has one, checked to fit the model's vocabulary."""
+    path = hf_dir / TOKENIZER_FILE
     if not path.is_file():
         return None
-    tokenizer = Tokenizer(path)
-    if tokenizer.vocab_size > vocab_size:
-        raise UserError(f"{path}: {tokenizer.vocab_size} pieces do not fit the model's vocabulary of {vocab_size}")
+    Tokenizer(path).check_fits(vocab_size, str(hf_dir / "config.json"))
     return path
 
 
@@ -58,13 +57,13 @@ def main(argv: list[str]) -> None:
     flavor = matching_flavor(args)
     tokenizer = checked_tokenizer(hf_dir, args.vocab_size)
     with staged_folder(out) as staging:
-        save_dcp_model(tensors, staging)
+        dcp_reader.save_model(tensors, staging)
         write_model_args_file(staging, args, flavor)
         if tokenizer:
-            shutil.copyfile(tokenizer, staging / "tokenizer.model")
+            shutil.copyfile(tokenizer, staging / TOKENIZER_FILE)
 
     parameters = sum(tensor.numel() for tensor in tensors.values())
-    dtypes = "/".join(sorted({DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in tensors.values()}))
+    dtypes = "/".join(sorted({dtype_name(t.dtype) for t in tensors.values()}))
     if flavor:
         model = (
             f"the config matches flavor {flavor!r}: start training from it with --model.flavor={flavor} "

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from tinytitan.dtypes import ALIASES, DTYPE_NAMES, torch_dtype
 from tinytitan.errors import UserError, run_entry_point
 from tinytitan.generation import Sampling, generate
-from tinytitan.hf.folder import DTYPES, load_model, require_tokenizer
+from tinytitan.model_files import load_model, require_tokenizer
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -38,7 +39,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--flavor", help="model flavor, for a checkpoint outside a run folder")
     parser.add_argument("--tokenizer", type=Path, help="sentencepiece tokenizer.model (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights' dtype (default: fp32)")
+    parser.add_argument(
+        "--dtype",
+        choices=(*DTYPE_NAMES, *ALIASES),
+        default="float32",
+        metavar="{" + ",".join(DTYPE_NAMES) + "}",
+        help="weights' dtype (default: float32; bf16, fp16 and fp32 also read)",
+    )
     return parser.parse_args(argv)
 
 
@@ -54,7 +61,7 @@ def main(argv: list[str]) -> None:
         if options.device == "auto"
         else options.device
     )
-    model, spec = load_model(options.model, device, DTYPES[options.dtype], options.flavor, options.tokenizer)
+    model, spec = load_model(options.model, device, torch_dtype(options.dtype), options.flavor, options.tokenizer)
     tokenizer = require_tokenizer(spec, options.model)
 
     prompt = tokenizer.encode(options.prompt, bos=True)

@@ -15,9 +15,9 @@ from tinytitan.data.builtin_corpus import code_documents, prose_documents
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
 from tinytitan.generation import Sampling, generate
-from tinytitan.hf.folder import load_model
 from tinytitan.hf.mapping import to_hf_name
 from tinytitan.hf.tokenizer import write_hf_tokenizer
+from tinytitan.model_files import load_model
 from tinytitan.models.llama import FLAVORS, KVCache, build_model
 
 transformers = pytest.importorskip("transformers")

@@ -9,7 +9,7 @@ import re
 import torch
 
 from tinytitan.errors import UserError
-from tinytitan.models.llama import ModelArgs
+from tinytitan.models.args import ModelArgs
 
 # Names outside the transformer blocks.
 _TOP_LEVEL = {
