@@ -15,9 +15,10 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The real Llama 2 tokenizer lives beside the checkout and is never committed into it.
+# The real Llama 2 tokenizer lives beside the checkout and is never committed into it; as for
+# scripts/prepare_data.py, $TINYTITAN_TOKENIZER names it elsewhere.
 LLAMA2_TOKENIZER = Path(
-    os.environ.get("TINYTITAN_LLAMA2_TOKENIZER", REPO_ROOT.parent / "shared/assets/llama2-tokenizer.model")
+    os.environ.get("TINYTITAN_TOKENIZER") or REPO_ROOT.parent / "shared/assets/llama2-tokenizer.model"
 )
 
 
