@@ -2,7 +2,7 @@
 
 Build it on the meta device, then `to_empty(device=...)` and `init_weights()`: no memory or time is
 spent on a first random initialisation that would be thrown away, so a 1.1B model starts in
-seconds. Parameter names follow TorchTitan; `hf_adapter.py` maps them to `transformers`' names.
+seconds. Parameter names follow TorchTitan; `hf/mapping.py` maps them to `transformers`' names.
 The layers' arithmetic (RMSNorm, rotary, SwiGLU, the loss) comes from one `Kernels` set: the
 plain-PyTorch references or the fused Triton kernels, chosen when the model is built.
 """
