@@ -37,19 +37,12 @@ def test_bos_and_eos_are_added_on_request_only(tokenizer):
     assert tokenizer.encode("hello world", eos=True) == plain + [tokenizer.eos_id]
     assert tokenizer.bos_id not in plain and tokenizer.eos_id not in plain
     assert (tokenizer.bos_id, tokenizer.eos_id) == (1, 2)
-    assert tokenizer.id_to_piece(tokenizer.bos_id) == "<s>" and tokenizer.piece_to_id("</s>") == tokenizer.eos_id
-
-
-def test_pieces_and_ids_are_inverse(tokenizer):
-    for token_id in tokenizer.encode(MIXED_TEXT):
-        assert tokenizer.piece_to_id(tokenizer.id_to_piece(token_id)) == token_id
 
 
 @pytest.mark.skipif(not LLAMA2_TOKENIZER.is_file(), reason="the Llama 2 tokenizer is not beside the checkout")
 def test_llama2_tokenizer_has_its_known_shape():
     tokenizer = Tokenizer(LLAMA2_TOKENIZER)
-    assert tokenizer.vocab_size == 32000 and tokenizer.pad_id == -1
-    assert tokenizer.id_to_piece(13) == "<0x0A>"  # newline falls back to a byte piece
+    assert tokenizer.vocab_size == 32000
     assert len(tokenizer.checksum()) == 64
 
 

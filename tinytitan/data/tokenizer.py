@@ -35,11 +35,6 @@ class Tokenizer:
     def eos_id(self) -> int:
         return self._sp.eos_id()
 
-    @property
-    def pad_id(self) -> int:
-        """-1 when the model has no padding piece (Llama 2 has none)."""
-        return self._sp.pad_id()
-
     def check_fits(self, vocab_size: int, model: str = "the model") -> "Tokenizer":
         """Refuse a tokenizer with more pieces than the model's vocabulary: its ids would index
         past the embedding table. Returns the tokenizer, for chaining."""
@@ -55,12 +50,6 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.DecodeIds(list(ids))
-
-    def id_to_piece(self, token_id: int) -> str:
-        return self._sp.IdToPiece(token_id)
-
-    def piece_to_id(self, piece: str) -> int:
-        return self._sp.PieceToId(piece)
 
     def checksum(self) -> str:
         """sha256 of the model file: names what a set of shards was tokenized with."""
