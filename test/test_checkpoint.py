@@ -13,8 +13,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from conftest import REPO_ROOT, run_command
 
-from tinytitan.checkpoint import published_steps
 from tinytitan.models.llama import FLAVORS, ModelArgs, build_model
+from tinytitan.run_folder import RunFolder
 
 STEPS = 20
 
@@ -61,7 +61,7 @@ def finish(process: subprocess.Popen, timeout=300) -> str:
 
 def wait_for_checkpoint(run_dir, step, process, timeout=120):
     deadline = time.monotonic() + timeout
-    while step not in published_steps(run_dir / "checkpoints"):
+    while step not in RunFolder(run_dir).published_steps():
         assert process.poll() is None, f"the run ended before step {step} was saved"
         assert time.monotonic() < deadline, f"no checkpoint of step {step} after {timeout}s"
         time.sleep(0.05)
@@ -97,7 +97,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, corpus_cache, unint
     wait_for_checkpoint(tmp_path / "debug", 10, process)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert published_steps(tmp_path / "debug/checkpoints") == [10], "killed too late to test a resume"
+    assert RunFolder(tmp_path / "debug").published_steps() == [10], "killed too late to test a resume"
     output = finish(launch(args))
     assert "resumed from" in output and "step-10" in output
     assert losses(tmp_path / "debug") == losses(uninterrupted)  # exact, steps 1..20
@@ -115,7 +115,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(tmp_path, corpus_cache, uni
     process.send_signal(signal.SIGTERM)  # run_train.sh exec'd python: this is the trainer
     output = finish(process)
     assert "preempted: stopping after step" in output
-    saved = published_steps(tmp_path / "debug/checkpoints")
+    saved = RunFolder(tmp_path / "debug").published_steps()
     assert 10 <= saved[-1] < STEPS, "signalled too late to test a preemption"
     finish(launch(args))
     assert losses(tmp_path / "debug") == losses(uninterrupted)
@@ -144,15 +144,16 @@ def test_a_save_killed_midway_is_ignored_and_cleaned(tmp_path, corpus_cache, uni
     (checkpoints / "step-20.tmp/.metadata").unlink()
     output = finish(launch(overrides(tmp_path, corpus_cache)))
     assert f"resumed from {checkpoints / 'step-10'}" in output
-    assert published_steps(checkpoints) == [10, 20] and not (checkpoints / "step-20.tmp").exists()
+    assert RunFolder(tmp_path / "debug").published_steps() == [10, 20] and not (checkpoints / "step-20.tmp").exists()
 
 
 def test_newest_checkpoint_is_chosen_by_its_integer_step(tmp_path):
+    run = RunFolder(tmp_path)
     for name in ("step-9", "step-10", "step-100", "step-11.tmp", "step-x", "step-12"):
-        (tmp_path / name).mkdir()
+        (run.checkpoints / name).mkdir(parents=True)
         if name != "step-12":  # no metadata: incomplete
-            (tmp_path / name / ".metadata").write_bytes(b"")
-    assert published_steps(tmp_path) == [9, 10, 100]
+            (run.checkpoints / name / ".metadata").write_bytes(b"")
+    assert run.published_steps() == [9, 10, 100]
 
 
 def test_a_damaged_checkpoint_stops_with_one_line_and_is_left_alone(tmp_path, corpus_cache, uninterrupted):
@@ -201,7 +202,7 @@ def test_export_in_bf16_and_start_a_new_run_from_it(tmp_path, corpus_cache, unin
 
 def test_async_saves_publish_every_checkpoint_and_change_nothing(tmp_path, corpus_cache, uninterrupted):
     output = finish(launch(overrides(tmp_path, corpus_cache, "--checkpoint.async_save")))
-    assert published_steps(tmp_path / "debug/checkpoints") == [10, 20]
+    assert RunFolder(tmp_path / "debug").published_steps() == [10, 20]
     # Published once written, while training goes on; not only when the next save starts.
     assert output.index("checkpoint saved: ") < output.index("step     20 ")
     assert losses(tmp_path / "debug") == losses(uninterrupted)

@@ -11,8 +11,8 @@ import pytest
 from conftest import REPO_ROOT, run_command
 from test_checkpoint import finish, launch, losses, overrides, wait_for_checkpoint
 
-from tinytitan.checkpoint import published_steps
 from tinytitan.config import load_config
+from tinytitan.run_folder import RunFolder
 from tinytitan.train import train
 
 
@@ -129,4 +129,4 @@ def test_sigterm_to_torchrun_reaches_the_workers_which_save(tmp_path, corpus_cac
     output, _ = process.communicate(timeout=120)
     assert "preempted: stopping after step" in output
     stopped = int(output.split("preempted: stopping after step ")[1].split()[0])
-    assert stopped < 200 and published_steps(tmp_path / "debug/checkpoints")[-1] == stopped
+    assert stopped < 200 and RunFolder(tmp_path / "debug").published_steps()[-1] == stopped

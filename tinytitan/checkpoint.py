@@ -9,7 +9,6 @@ Model-only checkpoints (exports, converted weights) hold just the "model" entry,
 parameter names, so `checkpoint.initial_load_path` takes either kind.
 """
 
-import re
 import shutil
 import signal
 import warnings
@@ -28,9 +27,10 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from tinytitan import dcp_reader
 from tinytitan.config import Checkpoint
-from tinytitan.parallel import any_rank
+from tinytitan.files import publish_folder
+from tinytitan.parallel import any_rank, is_main_process
+from tinytitan.run_folder import RunFolder
 
-_STEP_FOLDER = re.compile(r"step-(\d+)")
 # A single process saves and loads without a process group on purpose; DCP warns about it.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
@@ -87,20 +87,16 @@ class RNGState(Stateful):
             torch.cuda.set_rng_state(state_dict["cuda"])
 
 
-def published_steps(folder: Path) -> list[int]:
-    """Steps of the complete checkpoints in `folder`, in increasing order."""
-    if not folder.is_dir():
-        return []
-    steps = []
-    for path in folder.iterdir():
-        match = _STEP_FOLDER.fullmatch(path.name)
-        if match and (path / ".metadata").is_file():
-            steps.append(int(match.group(1)))
-    return sorted(steps)
-
-
-def _main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+def training_states(model, optimizer, scheduler, loader, train_state: TrainState) -> dict[str, Stateful]:
+    """Everything that changes during training, under the names a checkpoint holds it by."""
+    return {
+        "model": ModelState(model),
+        "optimizer": OptimizerState(model, optimizer),
+        "lr_scheduler": scheduler,
+        "dataloader": loader,
+        "train_state": train_state,
+        "rng": RNGState(),
+    }
 
 
 def _barrier() -> None:
@@ -113,29 +109,29 @@ def _load(state: dict, path: Path, what: str) -> None:
 
 
 class Checkpointer:
-    def __init__(self, folder: Path, config: Checkpoint, states: dict[str, Stateful], cpu_group=None):
-        self.folder, self.config, self.states, self.cpu_group = folder, config, states, cpu_group
+    def __init__(self, run: RunFolder, config: Checkpoint, states: dict[str, Stateful], cpu_group=None):
+        self.run, self.config, self.states, self.cpu_group = run, config, states, cpu_group
         self._pending = None  # (step, future) of an async save not yet published
 
     def resume(self) -> int:
         """Load the newest complete checkpoint of the run (returns its step), or else the model of
         `initial_load_path` (returns 0)."""
         if self.config.enable:
-            if _main_process():  # a save that was killed leaves a .tmp folder: never resumed from
-                for stale in self.folder.glob("step-*.tmp"):
+            if is_main_process():  # a save that was killed leaves a .tmp folder: never resumed from
+                for stale in self.run.stale_saves():
                     shutil.rmtree(stale, ignore_errors=True)
             _barrier()
-            steps = published_steps(self.folder)
+            steps = self.run.published_steps()
             if steps:
-                path = self.folder / f"step-{steps[-1]}"
+                path = self.run.checkpoint(steps[-1])
                 _load(self.states, path, "checkpoint")
-                if _main_process():
+                if is_main_process():
                     print(f"resumed from {path}", flush=True)
                 return steps[-1]
         if self.config.initial_load_path:
             path = Path(self.config.initial_load_path).expanduser()
             _load({"model": self.states["model"]}, path, "checkpoint.initial_load_path")
-            if _main_process():
+            if is_main_process():
                 print(f"model initialised from {path}", flush=True)
         return 0
 
@@ -144,12 +140,13 @@ class Checkpointer:
 
     def save(self, step: int) -> None:
         self.wait()
-        staging = self.folder / f"step-{step}.tmp"
+        staging = self.run.staging(step)
         if self.config.async_save:
-            self._pending = (
-                step,
-                dcp.async_save(self.states, checkpoint_id=str(staging), no_dist=not dist.is_initialized()),
+            # Its collectives run on the gloo group: DCP refuses a background save over NCCL alone.
+            future = dcp.async_save(
+                self.states, checkpoint_id=str(staging), process_group=self.cpu_group, no_dist=not dist.is_initialized()
             )
+            self._pending = (step, future)
             return
         dcp.save(self.states, checkpoint_id=str(staging), no_dist=not dist.is_initialized())
         self._publish(step)
@@ -169,31 +166,26 @@ class Checkpointer:
 
     def _publish(self, step: int) -> None:
         _barrier()  # every rank has written its shards
-        if _main_process():
-            final = self.folder / f"step-{step}"
-            if final.exists():
-                shutil.rmtree(final)
-            (self.folder / f"step-{step}.tmp").rename(final)
+        if is_main_process():
+            publish_folder(self.run.staging(step), self.run.checkpoint(step))
             self._keep_newest()
-            print(f"checkpoint saved: {final}", flush=True)
+            print(f"checkpoint saved: {self.run.checkpoint(step)}", flush=True)
         _barrier()
 
     def _keep_newest(self) -> None:
         if self.config.keep_latest_k:
-            for step in published_steps(self.folder)[: -self.config.keep_latest_k]:
-                shutil.rmtree(self.folder / f"step-{step}", ignore_errors=True)
+            for step in self.run.published_steps()[: -self.config.keep_latest_k]:
+                shutil.rmtree(self.run.checkpoint(step), ignore_errors=True)
 
     def export_model(self, model: torch.nn.Module, step: int, dtype: torch.dtype) -> Path:
         """Save model-only weights in `dtype` to step-<N>-model (same names as the training checkpoint)."""
         weights = {name: tensor.to(dtype) for name, tensor in get_model_state_dict(model).items()}
-        final = self.folder / f"step-{step}-model"
-        staging = self.folder / f"step-{step}-model.tmp"
+        final = self.run.export(step)
+        staging = final.with_name(f"{final.name}.tmp")  # a stale one is among the run's stale_saves()
         dcp.save({"model": weights}, checkpoint_id=str(staging), no_dist=not dist.is_initialized())
         _barrier()
-        if _main_process():
-            if final.exists():
-                shutil.rmtree(final)
-            staging.rename(final)
+        if is_main_process():
+            publish_folder(staging, final)
             print(f"model exported in {dtype}: {final}", flush=True)
         _barrier()
         return final

@@ -1,23 +1,24 @@
-"""Processes, device mesh, and how the model is wrapped: activation checkpointing, per-block
-torch.compile, and FSDP2 `fully_shard` (in that order).
+"""Processes, the device mesh, the precision policy, and `parallelize()`: how the model is wrapped.
 
-One process per device, started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK). Several processes
-use NCCL on CUDA and gloo on CPU. The data-parallel mesh is [replicate, shard]: parameters are
-sharded within a group of `data_parallel_shard_degree` ranks (a node, typically) and replicated
-across groups (HSDP); -1 means "all the ranks left".
+One process per device, started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK), or a single process
+started without it. Both train through a process group and FSDP2: a single process makes a group of
+one, so one rank and N ranks run the same arithmetic (the same bfloat16 parameters, the same float32
+gradient reduction), as TorchTitan does on one GPU. NCCL on CUDA, gloo on CPU. The data-parallel
+mesh is [replicate, shard]: parameters are sharded within a group of `data_parallel_shard_degree`
+ranks (a node, typically) and replicated across groups (HSDP).
 """
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from tinytitan.config import JobConfig, Parallelism
-from tinytitan.errors import UserError
+from tinytitan.config import ActivationCheckpoint, Compile, Parallelism, mesh_degrees
 from tinytitan.models.llama import Transformer
 
 
@@ -26,74 +27,98 @@ class ParallelEnv:
     rank: int
     world_size: int
     device: torch.device
-    mesh: DeviceMesh | None  # None in a single process
+    mesh: DeviceMesh
     # gloo group for small agreements between ranks on CPU tensors, so that asking every step
     # (was a rank signalled? has every rank finished its background save?) never syncs the GPU
-    cpu_group: dist.ProcessGroup | None = None
+    cpu_group: dist.ProcessGroup
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+
+def is_main_process() -> bool:
+    """Rank 0, the one that prints and writes what the run shares (also outside a process group)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def select_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError('training.device = "cuda": expected a CUDA device, but torch sees none (use "auto" or "cpu")')
+    """CUDA device LOCAL_RANK when there is one (and the choice allows it), else the CPU; whether a
+    "cuda" choice can be met is config.check_runtime's to say."""
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def mesh_shape(config: Parallelism, world_size: int) -> tuple[int, int]:
-    """(replicate, shard) degrees whose product is the world size."""
-    replicate, shard = config.data_parallel_replicate_degree, config.data_parallel_shard_degree
-    if replicate == -1 and shard == -1:
-        raise UserError(
-            "parallelism: data_parallel_replicate_degree and data_parallel_shard_degree are both -1: "
-            "expected at most one to be -1"
-        )
-    if replicate == -1:
-        replicate = world_size // shard if world_size % shard == 0 else 0
-    if shard == -1:
-        shard = world_size // replicate if world_size % replicate == 0 else 0
-    if replicate * shard != world_size:
-        raise UserError(
-            f"parallelism: replicate degree {config.data_parallel_replicate_degree} x shard degree "
-            f"{config.data_parallel_shard_degree}: expected a product equal to the {world_size} ranks"
-        )
-    return replicate, shard
-
-
-def init_parallel(config: JobConfig) -> ParallelEnv:
+@contextlib.contextmanager
+def parallel_env(device_choice: str, parallelism: Parallelism) -> Iterator[ParallelEnv]:
+    """The process group and device mesh of this run, for the duration of the block."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    device = select_device(config.training.device)
-    if world_size == 1:
-        return ParallelEnv(0, 1, device, None)
-    replicate, shard = mesh_shape(config.parallelism, world_size)
+    degrees, device = mesh_degrees(parallelism, world_size), select_device(device_choice)
+    # A single process (not started by torchrun) makes a group of one, which needs no rendezvous.
+    options = {"store": dist.HashStore(), "rank": 0, "world_size": 1} if world_size == 1 else {}
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, **options)
     else:
-        dist.init_process_group("gloo")
-    mesh = init_device_mesh(device.type, (replicate, shard), mesh_dim_names=("dp_replicate", "dp_shard"))
-    return ParallelEnv(dist.get_rank(), world_size, device, mesh, dist.new_group(backend="gloo"))
-
-
-def close_parallel(env: ParallelEnv) -> None:
-    """Barrier, then destroy the process group: gloo otherwise aborts at exit now and then."""
-    if dist.is_initialized():
-        dist.barrier()
+        dist.init_process_group("gloo", **options)
+    try:
+        mesh = init_device_mesh(device.type, degrees, mesh_dim_names=("dp_replicate", "dp_shard"))
+        yield ParallelEnv(dist.get_rank(), world_size, device, mesh, dist.new_group(backend="gloo"))
+    finally:
+        dist.barrier()  # before destroying the group: gloo otherwise aborts at exit now and then
         dist.destroy_process_group()
 
 
 @contextlib.contextmanager
-def main_process_first(env: ParallelEnv):
+def main_process_first():
     """Rank 0 runs the block first (say, to prepare a shared cache), then the other ranks."""
-    if not env.is_main and dist.is_initialized():
+    if not is_main_process():
         dist.barrier()
     yield
-    if env.is_main and dist.is_initialized():
+    if is_main_process() and dist.is_initialized():
         dist.barrier()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the model computes, one policy for both of its mechanisms. In bfloat16, FSDP gathers the
+    parameters in bfloat16 and reduces the gradients in float32 (the weights and the optimizer stay
+    float32), and autocast runs the matmuls in bfloat16. In float32, everything is float32."""
+
+    device: torch.device
+    bfloat16: bool
+
+    @classmethod
+    def of(cls, mixed_precision: str, device: torch.device) -> "Precision":
+        """training.mixed_precision: "auto" is bfloat16 on CUDA, float32 elsewhere."""
+        return cls(device, mixed_precision == "bfloat16" or (mixed_precision == "auto" and device.type == "cuda"))
+
+    def autocast(self):
+        if not self.bfloat16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def fsdp_policy(self) -> MixedPrecisionPolicy:
+        if not self.bfloat16:
+            return MixedPrecisionPolicy()
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def parallelize(
+    model: Transformer,
+    env: ParallelEnv,
+    precision: Precision,
+    activation_checkpoint: ActivationCheckpoint,
+    compile: Compile,
+    parallelism: Parallelism,
+) -> None:
+    """Wrap the model for training, in place, in this order:
+    1. activation checkpointing, inside each block's forward, so that compile sees (and fuses) the
+       recomputation too;
+    2. torch.compile per block: one graph serves every identical block, and compiling the block
+       before FSDP wraps it leaves FSDP's gather and reduce hooks around the compiled code, outside it;
+    3. FSDP2 `fully_shard`, last, on the blocks as they will run."""
+    apply_activation_checkpointing(model, activation_checkpoint.mode, activation_checkpoint.selective_every)
+    if compile.enable:
+        apply_compile(model)
+    apply_fsdp(model, env.mesh, precision.fsdp_policy(), parallelism.reshard_after_forward)
 
 
 def apply_activation_checkpointing(model: Transformer, mode: str, every: int) -> None:
@@ -107,18 +132,22 @@ def apply_compile(model: Transformer) -> None:
         block.compile(fullgraph=True)  # in place: parameter names stay unchanged
 
 
-def apply_fsdp(model: Transformer, env: ParallelEnv, config: JobConfig, bf16: bool) -> None:
+def apply_fsdp(model: Transformer, mesh: DeviceMesh, policy: MixedPrecisionPolicy, reshard_after_forward: bool):
     """fully_shard each block, then the embedding, then norm + output together, then the root."""
-    mesh = env.mesh if env.mesh.size(0) > 1 else env.mesh["dp_shard"]  # HSDP when replicated
-    policy = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    )
-    options = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": config.parallelism.reshard_after_forward}
+    mesh = mesh if mesh.size(0) > 1 else mesh["dp_shard"]  # HSDP when replicated
+    options = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": reshard_after_forward}
     for block in model.layers.values():
         fully_shard(block, **options)
     fully_shard(model.tok_embeddings, **options)
     fully_shard([model.norm, model.output], **options)
     fully_shard(model, **options)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            # The gradients are summed over the ranks, not averaged: the loss is normalised by the
+            # step's global label count instead (train.train_step). Plain sums also suit gloo,
+            # which has no averaging or pre-scaled reduction.
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
 
 
 def any_rank(flag: bool, cpu_group: dist.ProcessGroup | None) -> bool:
@@ -128,15 +157,6 @@ def any_rank(flag: bool, cpu_group: dist.ProcessGroup | None) -> bool:
     value = torch.tensor([int(flag)])
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=cpu_group)
     return bool(value.item())
-
-
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.AVG if value.device.type == "cuda" else dist.ReduceOp.SUM)
-        if value.device.type != "cuda":
-            value /= dist.get_world_size()  # gloo has no AVG
-    return value
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
