@@ -86,3 +86,25 @@ def test_triton_kernels_train_like_the_torch_references_on_cuda(tmp_path, corpus
         return [r["loss"] for r in records]
 
     assert losses("triton") == pytest.approx(losses("torch"), rel=1e-4)
+
+
+def test_one_gpu_trains_bfloat16_fsdp_parameters_like_several():
+    """One process on one GPU makes a group of one and trains through FSDP, as N GPUs do."""
+    from torch.distributed.tensor import DTensor
+
+    from tinytitan.parallel import Precision, parallel_env, parallelize
+
+    config = load_config(["--training.device=cuda"])
+    with parallel_env(config.training.device, config.parallelism) as env:
+        torch.manual_seed(0)
+        model = build_model(FLAVORS["debug"], env.device)
+        precision = Precision.of(config.training.mixed_precision, env.device)  # auto: bfloat16 on CUDA
+        parallelize(model, env, precision, config.activation_checkpoint, config.compile, config.parallelism)
+        in_forward = []
+        model.layers["0"].feed_forward.w1.register_forward_hook(lambda m, i, o: in_forward.append(m.weight.dtype))
+        tokens = torch.randint(0, 4096, (2, 256), device="cuda")
+        with precision.autocast():
+            model(tokens, tokens).backward()
+        weight = model.layers["0"].feed_forward.w1.weight
+        assert in_forward == [torch.bfloat16]
+        assert isinstance(weight, DTensor) and weight.dtype == weight.grad.dtype == torch.float32
