@@ -31,7 +31,7 @@ from tinytitan.files import publish_folder
 from tinytitan.parallel import any_rank, is_main_process
 from tinytitan.run_folder import RunFolder
 
-# A single process saves and loads without a process group on purpose; DCP warns about it.
+# Outside training (exports read back, conversions) DCP runs without a process group on purpose, and warns.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
