@@ -79,21 +79,14 @@ def run_baseline(config, warmup: int, steps: int) -> list[dict]:
     from tinytitan.data.streams import SyntheticStream
     from tinytitan.hf.mapping import to_hf_config
     from tinytitan.metrics import memory_gib
+    from tinytitan.optim import build_optimizer
     from tinytitan.parallel import select_device
 
     device, args = select_device(config.training.device), FLAVORS[config.model.flavor]
     torch.manual_seed(config.training.seed)
     hf_config = transformers.LlamaConfig(**to_hf_config(args), attn_implementation="sdpa")
     model = transformers.LlamaForCausalLM(hf_config).to(device).train()
-    o = config.optimizer
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=o.lr,
-        betas=(o.beta1, o.beta2),
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        fused=device.type in ("cuda", "cpu"),
-    )  # as ours
+    optimizer = build_optimizer(model, config.optimizer, device)  # the same AdamW as ours
     loader = DataLoader(
         SyntheticStream(args.vocab_size, config.training.seq_len, (config.training.seed,)),
         config.training.micro_batch_size,
