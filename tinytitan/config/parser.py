@@ -166,8 +166,9 @@ def _apply_toml(config: JobConfig, path: str) -> None:
             _apply(config, key, value, path, _from_toml)
 
 
-def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
-    """`--section.key=value` or `--section.key value` pairs, in order; a bare boolean flag means true."""
+def parse_overrides(argv: list[str]) -> list[tuple[str, str | None]]:
+    """`--section.key=value` or `--section.key value` pairs, in order; a bare flag (`--section.key`
+    alone) has the value None, which only a boolean key accepts (as true)."""
     overrides, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -179,10 +180,19 @@ def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
             key, value = arg[2:], argv[i + 1]
             i += 1
         else:
-            key, value = arg[2:], "true"
+            key, value = arg[2:], None
         overrides.append((key, value))
         i += 1
     return overrides
+
+
+def _bare_flag_value(config: JobConfig, key: str) -> str:
+    """A bare `--section.key` switches a boolean on; any other key needs its value, rather than
+    silently becoming the string "true" (a run folder called outputs/true, say)."""
+    _, f = _key_field(config, key, "command line")
+    if f.type is not bool:
+        raise ConfigError(f"command line: --{key} has no value: expected --{key}=VALUE ({_expected(f)})")
+    return "true"
 
 
 def load_config(argv: list[str]) -> JobConfig:
@@ -193,7 +203,7 @@ def load_config(argv: list[str]) -> JobConfig:
     if config_files and config_files[-1]:
         _apply_toml(config, config_files[-1])
     for key, value in overrides:
-        _apply(config, key, value, "command line", _from_text)
+        _apply(config, key, _bare_flag_value(config, key) if value is None else value, "command line", _from_text)
     check_consistency(config)
     return config
 
