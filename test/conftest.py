@@ -1,8 +1,10 @@
-"""Shared fixtures: a built-in corpus prepared once per test session in a temporary cache, the
-real Llama 2 tokenizer when the checkout has it, and the skipping of GPU tests without CUDA."""
+"""Shared fixtures: a built-in corpus prepared once per test session in a temporary cache, its
+tokenizer, the small Hugging Face model folder that the unit and end-to-end Hugging Face tests both
+use; every test under test/e2e/ marked `e2e`, and GPU tests skipped without CUDA. Shared functions
+live in helpers.py."""
 
 import os
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,25 +12,22 @@ import pytest
 import torch
 
 # Without CUDA the Triton kernels run under the Triton interpreter, which triton only honours if it
-# is chosen before triton is first imported (importing torch does not import it).
+# is chosen before triton is first imported (importing torch does not import it). helpers.py imports
+# the model, and with it triton: it is imported inside the fixtures below, after this line.
 if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# The real Llama 2 tokenizer lives beside the checkout and is never committed into it; as for
-# scripts/prepare_data.py, $TINYTITAN_TOKENIZER names it elsewhere.
-LLAMA2_TOKENIZER = Path(
-    os.environ.get("TINYTITAN_TOKENIZER") or REPO_ROOT.parent / "shared/assets/llama2-tokenizer.model"
-)
+E2E_FOLDER = Path(__file__).resolve().parent / "e2e"
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by marker (-m e2e, -m "not e2e")
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    skip_gpu = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if E2E_FOLDER in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+        if skip_gpu and "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
 
 
 @pytest.fixture(scope="session")
@@ -48,18 +47,29 @@ def builtin_corpus(corpus_cache):
     return prepare_builtin_corpus(corpus_cache)
 
 
-def run_command(*argv: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a command from the repository root as a user would, capturing its output. The launchers
-    use this test session's Python rather than setting up .venv."""
-    return subprocess.run(
-        argv,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "TINYTITAN_PYTHON": sys.executable, **(env or {})},
-    )
+@pytest.fixture(scope="module")
+def tokenizer(builtin_corpus):
+    """The built-in corpus's tokenizer (the data-preparation tests tokenize with it)."""
+    from tinytitan.data.tokenizer import Tokenizer
+
+    return Tokenizer(builtin_corpus.tokenizer_path)
 
 
-def run_python(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return run_command(sys.executable, *args, **kwargs)
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory):
+    """For the awkward-sized model below."""
+    from helpers import train_small_tokenizer
+
+    return train_small_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def awkward_folder(tmp_path_factory, small_tokenizer):
+    """helpers.awkward_hf_model saved by transformers in safetensors shards, with the tokenizer.model beside it."""
+    from helpers import awkward_hf_model
+
+    folder = tmp_path_factory.mktemp("awkward") / "hf"
+    awkward_hf_model().save_pretrained(folder, max_shard_size="100KB")
+    shutil.copyfile(small_tokenizer, folder / "tokenizer.model")
+    assert (folder / "model.safetensors.index.json").is_file(), "expected a sharded save"
+    return folder

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import run_python
+from helpers import run_python
 
 
 def test_bench_train_compares_ours_with_transformers(tmp_path):

@@ -4,83 +4,24 @@ interrupted saves, damaged or mismatched checkpoints, exports. Runs go through r
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from conftest import REPO_ROOT, run_command
+from helpers import (
+    STEPS,
+    finish,
+    launch,
+    losses,
+    micro_batch,
+    model_weights,
+    overrides,
+    run_command,
+    wait_for_checkpoint,
+)
 
-from tinytitan.models.llama import FLAVORS, ModelArgs, build_model
+from tinytitan.models.llama import ModelArgs, build_model
 from tinytitan.run_folder import RunFolder
-
-STEPS = 20
-
-
-def overrides(run_root, corpus_cache, *extra):
-    return [
-        f"--job.dump_folder={run_root}",
-        f"--data.cache_dir={corpus_cache}",
-        f"--training.steps={STEPS}",
-        "--training.seq_len=128",
-        "--training.global_batch_tokens=1024",
-        "--metrics.log_freq=1",
-        "--lr_scheduler.warmup_steps=5",
-        "--checkpoint.enable",
-        "--checkpoint.interval=10",
-        "--checkpoint.keep_latest_k=0",
-        "--validation.eval_freq=0",
-        *extra,
-    ]
-
-
-def micro_batch(ranks: int) -> str:
-    return f"--training.micro_batch_size={8 // ranks}"  # the same global batch on any number of ranks
-
-
-def launch(args, ranks=1, extra_env=None) -> subprocess.Popen:
-    env = {**os.environ, "TINYTITAN_PYTHON": sys.executable, "NGPU": str(ranks), **(extra_env or {})}
-    return subprocess.Popen(
-        ["./run_train.sh", *args, micro_batch(ranks)],
-        cwd=REPO_ROOT,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def finish(process: subprocess.Popen, timeout=300) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output[-3000:]
-    return output
-
-
-def wait_for_checkpoint(run_dir, step, process, timeout=120):
-    deadline = time.monotonic() + timeout
-    while step not in RunFolder(run_dir).published_steps():
-        assert process.poll() is None, f"the run ended before step {step} was saved"
-        assert time.monotonic() < deadline, f"no checkpoint of step {step} after {timeout}s"
-        time.sleep(0.05)
-
-
-def losses(run_dir) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir / "tb"))  # every event file: a resumed run writes a new one
-    events.Reload()
-    return {event.step: event.value for event in events.Scalars("loss")}
-
-
-def model_weights(checkpoint) -> dict[str, torch.Tensor]:
-    with torch.device("cpu"):
-        template = build_model(FLAVORS["debug"], "cpu").state_dict()
-    state = {"model": template}
-    dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
-    return state["model"]
 
 
 @pytest.fixture(scope="module")

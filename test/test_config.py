@@ -1,16 +1,10 @@
 import dataclasses
 
 import pytest
-from conftest import run_python
+from helpers import run_python, write_job_file
 
 from tinytitan.config import ConfigError, DataSource, JobConfig, accumulation_steps, help_text, load_config, to_toml
 from tinytitan.config.parser import _type_name
-
-
-def write(tmp_path, text: str):
-    path = tmp_path / "job.toml"
-    path.write_text(text)
-    return path
 
 
 def test_no_arguments_gives_the_defaults():
@@ -18,7 +12,7 @@ def test_no_arguments_gives_the_defaults():
 
 
 def test_command_line_overrides_the_file_and_later_flags_win(tmp_path):
-    path = write(tmp_path, "[training]\nsteps = 5\nseq_len = 64\n[optimizer]\nlr = 1\n")
+    path = write_job_file(tmp_path, "[training]\nsteps = 5\nseq_len = 64\n[optimizer]\nlr = 1\n")
     config = load_config(
         [
             f"--job.config_file={path}",
@@ -37,7 +31,7 @@ def test_command_line_overrides_the_file_and_later_flags_win(tmp_path):
 
 
 def test_data_sources_come_from_tables_or_an_inline_array(tmp_path):
-    path = write(
+    path = write_job_file(
         tmp_path,
         '[data]\ndataset = "sources"\n[[data.sources]]\nname = "slim"\npath = "/d/s"\nweight = 7\n'
         '[[data.sources]]\nname = "star"\npath = "/d/c"\nweight = 0.3\n',
@@ -62,7 +56,7 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
             '--data.sources=[{name="a", path="/p q", weight=2}, {name="b", path="/r"}]',
         ]
     )
-    path = write(tmp_path, to_toml(config))
+    path = write_job_file(tmp_path, to_toml(config))
     reloaded = load_config([f"--job.config_file={path}"])
     assert dataclasses.replace(reloaded, job=dataclasses.replace(reloaded.job, config_file="")) == config
 
@@ -100,7 +94,7 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
     ],
 )
 def test_bad_config_names_source_key_value_and_expectation(tmp_path, toml, flags, expected):
-    path = write(tmp_path, toml)
+    path = write_job_file(tmp_path, toml)
     with pytest.raises(ConfigError) as error:
         load_config([f"--job.config_file={path}", *flags])
     for fragment in expected:
@@ -114,7 +108,7 @@ def test_missing_config_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("args", [["--training.stepz=3"], ["--training.steps=abc"], ["--job.config_file=BAD"]])
 def test_entry_point_prints_one_line_and_exits_2(tmp_path, args):
-    bad_file = write(tmp_path, "[training]\nsteps = -1\n")
+    bad_file = write_job_file(tmp_path, "[training]\nsteps = -1\n")
     args = [a.replace("BAD", str(bad_file)) for a in args]
     result = run_python("-m", "tinytitan.train", *args)
     assert result.returncode == 2

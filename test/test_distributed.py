@@ -10,8 +10,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import REPO_ROOT, run_command
-from test_checkpoint import finish, launch, losses, overrides, wait_for_checkpoint
+from helpers import REPO_ROOT, finish, launch, losses, overrides, run_command, small_run, wait_for_checkpoint
 from torch.distributed.tensor import DTensor
 
 from tinytitan.config import load_config
@@ -19,22 +18,6 @@ from tinytitan.models.llama import FLAVORS, build_model
 from tinytitan.parallel import Precision, parallel_env, parallelize
 from tinytitan.run_folder import RunFolder
 from tinytitan.train import train
-
-
-def small_run(run_root, corpus_cache, *extra):
-    return [
-        f"--job.dump_folder={run_root}",
-        f"--data.cache_dir={corpus_cache}",
-        "--training.steps=10",
-        "--training.seq_len=64",
-        "--training.global_batch_tokens=512",
-        "--metrics.log_freq=1",
-        "--lr_scheduler.warmup_steps=3",
-        "--data.num_workers=0",
-        "--validation.eval_freq=5",
-        "--validation.eval_steps=2",
-        *extra,
-    ]
 
 
 def test_fsdp_on_two_ranks_gives_the_losses_of_one_rank(tmp_path, corpus_cache):

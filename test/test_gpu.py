@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from tinytitan.config import load_config
 from tinytitan.models.llama import FLAVORS, ModelArgs, build_model

@@ -2,14 +2,13 @@
 transformers (weights, logits, tokenizer ids), Hugging Face folders imported and exported back bit
 for bit, generation against transformers' generate, and bad input refused in one line."""
 
-import io
 import json
 import shutil
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from conftest import LLAMA2_TOKENIZER, run_command, run_python
+from helpers import LLAMA2_TOKENIZER, awkward_hf_model, run_command, run_python, train_small_tokenizer
 
 from tinytitan.data.builtin_corpus import code_documents, prose_documents
 from tinytitan.data.tokenizer import Tokenizer
@@ -114,77 +113,6 @@ def exported(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "hf"
     stdout = check_ok(run_python(EXPORT, str(trained), str(out), "--dtype", "fp32", env=ONE_THREAD))
     return out, stdout
-
-
-def train_small_tokenizer(path, **settings):
-    """A 320-piece sentencepiece BPE trained on a little prose; Llama-style unless `settings` say otherwise."""
-    import sentencepiece as spm
-
-    lines = [line for doc in prose_documents()[:30] for line in doc.splitlines() if line.strip()]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        **{
-            "sentence_iterator": iter(lines),
-            "model_writer": model,
-            "vocab_size": 320,
-            "model_type": "bpe",
-            "byte_fallback": True,
-            "split_digits": True,
-            "remove_extra_whitespaces": False,
-            "allow_whitespace_only_pieces": True,
-            "normalization_rule_name": "identity",
-            "character_coverage": 0.98,
-            "unk_id": 0,
-            "bos_id": 1,
-            "eos_id": 2,
-            "pad_id": -1,
-            "minloglevel": 2,
-            **settings,
-        }
-    )
-    path.write_bytes(model.getvalue())
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_tokenizer(tmp_path_factory):
-    """For the awkward-sized model below."""
-    return train_small_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")
-
-
-def awkward_hf_model(seed: int = 0):
-    """A random LlamaForCausalLM of awkward sizes (head_dim 16, 3 query heads per KV head, odd
-    vocabulary), with weights large enough that its logits are peaked: greedy choices are clear."""
-    config = transformers.LlamaConfig(
-        hidden_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        intermediate_size=200,
-        vocab_size=331,
-        rms_norm_eps=1e-6,
-        rope_theta=5000.0,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.uniform_(0.5, 1.5) if name.endswith("norm.weight") else param.normal_(0.0, 0.3)
-    return model
-
-
-@pytest.fixture(scope="module")
-def awkward_folder(tmp_path_factory, small_tokenizer):
-    """That model saved by transformers in safetensors shards, with the tokenizer.model beside it."""
-    folder = tmp_path_factory.mktemp("awkward") / "hf"
-    awkward_hf_model().save_pretrained(folder, max_shard_size="100KB")
-    shutil.copyfile(small_tokenizer, folder / "tokenizer.model")
-    assert (folder / "model.safetensors.index.json").is_file(), "expected a sharded save"
-    return folder
 
 
 # ---- export of a 2-rank training checkpoint ----

@@ -2,7 +2,7 @@
 not, and never the unrelated Hugging Face `kernels` package that transformers probes for."""
 
 import pytest
-from conftest import REPO_ROOT, run_python
+from helpers import REPO_ROOT, run_python
 
 
 def test_our_kernels_folder_does_not_pose_as_the_hub_kernels_package():

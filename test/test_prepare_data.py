@@ -13,96 +13,34 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import REPO_ROOT, run_python
+from helpers import (
+    REPO_ROOT,
+    SETS,
+    expected,
+    folder_contents,
+    prepare,
+    run_python,
+    slimpajama_rows,
+    texts,
+    tokens_of,
+    write_lines,
+    write_numbered_inputs,
+    write_parquet,
+    write_starcoderdata,
+)
 
 from tinytitan.data.manifest import read_manifest, split_shards
 from tinytitan.data.shards import open_shard
-from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
 from tinytitan.prepare import run as prepare_data
 from tinytitan.prepare.one_input import input_key
 from tinytitan.prepare.options import find_tokenizer
 
-SETS = ["RedPajamaC4", "RedPajamaGithub", "RedPajamaBook", "RedPajamaArXiv"]
-PHRASES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "naïve café, Straße, 東京 and 🙂 in one line.",
-    "def add(a, b):\n    return a + b\n",
-    "Numbers 12345 and 3.14159 split into digits.",
-    "  indented\ttabs\n\nand a blank line",
-]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(builtin_corpus) -> Tokenizer:
-    return Tokenizer(builtin_corpus.tokenizer_path)
-
-
-def texts(prefix: str, count: int) -> list[str]:
-    """Distinct documents of varied text (prose, code, digits, non-ASCII)."""
-    return [
-        f"{prefix} {i}: " + " ".join(PHRASES[(i + k) % len(PHRASES)] for k in range(1 + i % 3)) for i in range(count)
-    ]
-
-
-def slimpajama_rows(prefix: str, count: int) -> list[dict]:
-    return [
-        {"text": text, "meta": {"redpajama_set_name": SETS[i % len(SETS)]}}
-        for i, text in enumerate(texts(prefix, count))
-    ]
-
-
-def write_lines(path: Path, lines: list, zst: bool = False, frames: int = 1) -> Path:
-    """JSON lines (dicts, or raw str/bytes lines as given), compressed in `frames` zstd frames."""
-    raw = [
-        line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()
-        for line in lines
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not zst:
-        path.write_bytes(b"".join(line + b"\n" for line in raw))
-        return path
-    import zstandard
-
-    step = -(-len(raw) // frames)
-    parts = [b"".join(line + b"\n" for line in raw[i : i + step]) for i in range(0, len(raw), step)]
-    path.write_bytes(b"".join(zstandard.ZstdCompressor().compress(part) for part in parts))
-    return path
-
-
-def write_parquet(path: Path, contents: list) -> Path:
-    import pyarrow
-    import pyarrow.parquet
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pyarrow.table({"max_stars_repo_path": [f"f{i}.py" for i in range(len(contents))], "content": contents})
-    pyarrow.parquet.write_table(table, path, row_group_size=4)  # several row groups
-    return path
-
-
-def prepare(tokenizer: Tokenizer, *args) -> None:
-    """The script in this process, with one worker (the multi-process path runs as a user would, below)."""
-    assert prepare_data.main([*map(str, args), "--tokenizer", str(tokenizer.path), "--workers", "1"]) == 0
-
-
-def tokens_of(folder: Path, split: str) -> list[int]:
-    shards = split_shards(folder, split)
-    return np.concatenate([open_shard(path)[1] for path in shards]).tolist() if shards else []
-
-
-def expected(tokenizer: Tokenizer, documents: list[str], bos: bool = True, eos: bool = True) -> list[int]:
-    return [token for document in documents for token in tokenizer.encode(document, bos=bos, eos=eos)]
-
 
 def documents_of(tokens: list[int], bos_id: int) -> list[tuple[int, ...]]:
     starts = [i for i, token in enumerate(tokens) if token == bos_id] + [len(tokens)]
     return [tuple(tokens[a:b]) for a, b in zip(starts, starts[1:])]
-
-
-def folder_contents(folder: Path) -> tuple[dict, dict]:
-    return {p.name: p.read_bytes() for p in folder.glob("*.bin")}, read_manifest(folder)
 
 
 # ---- the layouts ----
@@ -157,20 +95,6 @@ def test_set_filter(tmp_path, tokenizer, flags, kept_sets):
     manifest = read_manifest(tmp_path / "out")
     assert set(manifest["groups"]) == kept_sets
     assert sum(manifest["documents_filtered"].values()) == len(rows) - len(kept)
-
-
-def write_starcoderdata(root: Path) -> dict[str, list[str]]:
-    """Two languages, python in two files; the other files of a download are not inputs."""
-    files = {
-        "python/train-00000-of-00002.parquet": texts("py0", 6),
-        "python/train-00001-of-00002.parquet": texts("py1", 5),
-        "java/train-00000-of-00001.parquet": texts("java", 4),
-    }
-    for name, contents in files.items():
-        write_parquet(root / name, contents)
-    (root / "README.md").write_text("# StarCoderData\n")
-    (root / ".gitattributes").write_text("*.parquet filter=lfs\n")
-    return files
 
 
 def test_starcoderdata_language_filter(tmp_path, tokenizer, capsys):
@@ -309,11 +233,6 @@ def _decompressed_lines(path: Path) -> list[str]:
 
 
 # ---- resuming ----
-
-
-def write_numbered_inputs(data: Path, count: int) -> None:
-    for i in range(count):
-        write_lines(data / f"p{i}.jsonl", [{"text": t} for t in texts(f"p{i}", 12)])
 
 
 def test_a_run_resumed_after_some_inputs_gives_the_shards_of_one_run(tmp_path, tokenizer):

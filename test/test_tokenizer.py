@@ -1,5 +1,5 @@
 import pytest
-from conftest import LLAMA2_TOKENIZER
+from helpers import LLAMA2_TOKENIZER
 
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError

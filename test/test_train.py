@@ -1,7 +1,7 @@
 """End to end: the launcher and the training loop on the debug model and the built-in corpus."""
 
 import pytest
-from conftest import LLAMA2_TOKENIZER, REPO_ROOT, run_command
+from helpers import LLAMA2_TOKENIZER, debug_config, run_command
 
 from tinytitan.config import load_config
 from tinytitan.errors import UserError
@@ -53,20 +53,6 @@ def test_run_train_sh_reports_a_config_mistake_in_one_line(ngpu):
         "training.global_batch_tokens, training.micro_batch_size, training.max_norm, training.mixed_precision, "
         "training.device, training.seed"
     ]
-
-
-def debug_config(tmp_path, corpus_cache, *overrides):
-    return load_config(
-        [
-            f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}",
-            f"--job.dump_folder={tmp_path}",
-            f"--data.cache_dir={corpus_cache}",
-            "--training.seq_len=64",
-            "--metrics.log_freq=1",
-            "--metrics.enable_tensorboard=false",
-            *overrides,
-        ]
-    )
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cache):

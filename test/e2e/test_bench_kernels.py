@@ -4,10 +4,7 @@ import re
 import subprocess
 import sys
 
-import pytest
-from conftest import REPO_ROOT
-
-pytestmark = pytest.mark.e2e
+from helpers import REPO_ROOT
 
 
 def test_bench_kernels_smoke_run_prints_its_table():

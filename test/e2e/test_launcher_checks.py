@@ -3,9 +3,7 @@ anything: a rank-dependent mistake is one `error:` line and exit status 2, with 
 no run folder, for two processes as for one."""
 
 import pytest
-from conftest import run_command
-
-pytestmark = pytest.mark.e2e
+from helpers import run_command
 
 
 @pytest.mark.parametrize(

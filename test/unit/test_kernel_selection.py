@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from kernel_checks import DEVICE, DTYPES, compare, linear_loss_fns, lm_inputs, randn, relative_error
 
 from tinytitan.kernels import _common

@@ -1,0 +1,315 @@
+"""What several test files share: where the checkout and the Llama 2 tokenizer are, running the
+checkout's commands as a user would, training runs and what they leave behind, and the inputs of
+the Hugging Face and data-preparation tests. Test modules import from here, never from each other."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+
+from tinytitan.config import load_config
+from tinytitan.data.builtin_corpus import prose_documents
+from tinytitan.data.manifest import read_manifest, split_shards
+from tinytitan.data.shards import open_shard
+from tinytitan.data.tokenizer import Tokenizer
+from tinytitan.models.llama import FLAVORS, build_model
+from tinytitan.prepare import run as prepare_data
+from tinytitan.run_folder import RunFolder
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The real Llama 2 tokenizer lives beside the checkout and is never committed into it; as for
+# scripts/prepare_data.py, $TINYTITAN_TOKENIZER names it elsewhere.
+LLAMA2_TOKENIZER = Path(
+    os.environ.get("TINYTITAN_TOKENIZER") or REPO_ROOT.parent / "shared/assets/llama2-tokenizer.model"
+)
+
+
+# ---- the checkout's commands ----
+
+
+def run_command(*argv: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command from the repository root as a user would, capturing its output. The launchers
+    use this test session's Python rather than setting up .venv."""
+    return subprocess.run(
+        argv,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TINYTITAN_PYTHON": sys.executable, **(env or {})},
+    )
+
+
+def run_python(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run_command(sys.executable, *args, **kwargs)
+
+
+# ---- job configs and training runs ----
+
+
+def write_job_file(tmp_path, text: str) -> Path:
+    """A job's TOML file, job.toml in `tmp_path`."""
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    return path
+
+
+STEPS = 20
+
+
+def overrides(run_root, corpus_cache, *extra):
+    """A run of STEPS steps on the built-in corpus that saves a checkpoint every 10 steps."""
+    return [
+        f"--job.dump_folder={run_root}",
+        f"--data.cache_dir={corpus_cache}",
+        f"--training.steps={STEPS}",
+        "--training.seq_len=128",
+        "--training.global_batch_tokens=1024",
+        "--metrics.log_freq=1",
+        "--lr_scheduler.warmup_steps=5",
+        "--checkpoint.enable",
+        "--checkpoint.interval=10",
+        "--checkpoint.keep_latest_k=0",
+        "--validation.eval_freq=0",
+        *extra,
+    ]
+
+
+def small_run(run_root, corpus_cache, *extra):
+    """A 10-step run of short sequences that validates every 5 steps."""
+    return [
+        f"--job.dump_folder={run_root}",
+        f"--data.cache_dir={corpus_cache}",
+        "--training.steps=10",
+        "--training.seq_len=64",
+        "--training.global_batch_tokens=512",
+        "--metrics.log_freq=1",
+        "--lr_scheduler.warmup_steps=3",
+        "--data.num_workers=0",
+        "--validation.eval_freq=5",
+        "--validation.eval_steps=2",
+        *extra,
+    ]
+
+
+def debug_config(tmp_path, corpus_cache, *overrides):
+    """The debug recipe for training in this process: short sequences, a record every step."""
+    return load_config(
+        [
+            f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}",
+            f"--job.dump_folder={tmp_path}",
+            f"--data.cache_dir={corpus_cache}",
+            "--training.seq_len=64",
+            "--metrics.log_freq=1",
+            "--metrics.enable_tensorboard=false",
+            *overrides,
+        ]
+    )
+
+
+def micro_batch(ranks: int) -> str:
+    return f"--training.micro_batch_size={8 // ranks}"  # the same global batch on any number of ranks
+
+
+def launch(args, ranks=1, extra_env=None) -> subprocess.Popen:
+    """run_train.sh started in its own process group (so that a test can kill the whole run)."""
+    env = {**os.environ, "TINYTITAN_PYTHON": sys.executable, "NGPU": str(ranks), **(extra_env or {})}
+    return subprocess.Popen(
+        ["./run_train.sh", *args, micro_batch(ranks)],
+        cwd=REPO_ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout=300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def wait_for_checkpoint(run_dir, step, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while step not in RunFolder(run_dir).published_steps():
+        assert process.poll() is None, f"the run ended before step {step} was saved"
+        assert time.monotonic() < deadline, f"no checkpoint of step {step} after {timeout}s"
+        time.sleep(0.05)
+
+
+def losses(run_dir) -> dict[int, float]:
+    """The logged loss of every step of a run folder, from its TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))  # every event file: a resumed run writes a new one
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars("loss")}
+
+
+def model_weights(checkpoint) -> dict[str, torch.Tensor]:
+    """The debug model's weights in a checkpoint, read without a process group."""
+    with torch.device("cpu"):
+        template = build_model(FLAVORS["debug"], "cpu").state_dict()
+    state = {"model": template}
+    dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+    return state["model"]
+
+
+# ---- Hugging Face models and tokenizers ----
+
+
+def train_small_tokenizer(path, **settings):
+    """A 320-piece sentencepiece BPE trained on a little prose; Llama-style unless `settings` say otherwise."""
+    import sentencepiece as spm
+
+    lines = [line for doc in prose_documents()[:30] for line in doc.splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        **{
+            "sentence_iterator": iter(lines),
+            "model_writer": model,
+            "vocab_size": 320,
+            "model_type": "bpe",
+            "byte_fallback": True,
+            "split_digits": True,
+            "remove_extra_whitespaces": False,
+            "allow_whitespace_only_pieces": True,
+            "normalization_rule_name": "identity",
+            "character_coverage": 0.98,
+            "unk_id": 0,
+            "bos_id": 1,
+            "eos_id": 2,
+            "pad_id": -1,
+            "minloglevel": 2,
+            **settings,
+        }
+    )
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def awkward_hf_model(seed: int = 0):
+    """A random LlamaForCausalLM of awkward sizes (head_dim 16, 3 query heads per KV head, odd
+    vocabulary), with weights large enough that its logits are peaked: greedy choices are clear."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=200,
+        vocab_size=331,
+        rms_norm_eps=1e-6,
+        rope_theta=5000.0,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.uniform_(0.5, 1.5) if name.endswith("norm.weight") else param.normal_(0.0, 0.3)
+    return model
+
+
+# ---- data-preparation inputs: small files in each real layout, and what they should give ----
+
+SETS = ["RedPajamaC4", "RedPajamaGithub", "RedPajamaBook", "RedPajamaArXiv"]
+PHRASES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "naïve café, Straße, 東京 and 🙂 in one line.",
+    "def add(a, b):\n    return a + b\n",
+    "Numbers 12345 and 3.14159 split into digits.",
+    "  indented\ttabs\n\nand a blank line",
+]
+
+
+def texts(prefix: str, count: int) -> list[str]:
+    """Distinct documents of varied text (prose, code, digits, non-ASCII)."""
+    return [
+        f"{prefix} {i}: " + " ".join(PHRASES[(i + k) % len(PHRASES)] for k in range(1 + i % 3)) for i in range(count)
+    ]
+
+
+def slimpajama_rows(prefix: str, count: int) -> list[dict]:
+    return [
+        {"text": text, "meta": {"redpajama_set_name": SETS[i % len(SETS)]}}
+        for i, text in enumerate(texts(prefix, count))
+    ]
+
+
+def write_lines(path: Path, lines: list, zst: bool = False, frames: int = 1) -> Path:
+    """JSON lines (dicts, or raw str/bytes lines as given), compressed in `frames` zstd frames."""
+    raw = [
+        line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()
+        for line in lines
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not zst:
+        path.write_bytes(b"".join(line + b"\n" for line in raw))
+        return path
+    import zstandard
+
+    step = -(-len(raw) // frames)
+    parts = [b"".join(line + b"\n" for line in raw[i : i + step]) for i in range(0, len(raw), step)]
+    path.write_bytes(b"".join(zstandard.ZstdCompressor().compress(part) for part in parts))
+    return path
+
+
+def write_parquet(path: Path, contents: list) -> Path:
+    import pyarrow
+    import pyarrow.parquet
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pyarrow.table({"max_stars_repo_path": [f"f{i}.py" for i in range(len(contents))], "content": contents})
+    pyarrow.parquet.write_table(table, path, row_group_size=4)  # several row groups
+    return path
+
+
+def write_starcoderdata(root: Path) -> dict[str, list[str]]:
+    """Two languages, python in two files; the other files of a download are not inputs."""
+    files = {
+        "python/train-00000-of-00002.parquet": texts("py0", 6),
+        "python/train-00001-of-00002.parquet": texts("py1", 5),
+        "java/train-00000-of-00001.parquet": texts("java", 4),
+    }
+    for name, contents in files.items():
+        write_parquet(root / name, contents)
+    (root / "README.md").write_text("# StarCoderData\n")
+    (root / ".gitattributes").write_text("*.parquet filter=lfs\n")
+    return files
+
+
+def write_numbered_inputs(data: Path, count: int) -> None:
+    for i in range(count):
+        write_lines(data / f"p{i}.jsonl", [{"text": t} for t in texts(f"p{i}", 12)])
+
+
+def prepare(tokenizer: Tokenizer, *args) -> None:
+    """The script in this process, with one worker (the multi-process path runs as a user would, in e2e)."""
+    assert prepare_data.main([*map(str, args), "--tokenizer", str(tokenizer.path), "--workers", "1"]) == 0
+
+
+def tokens_of(folder: Path, split: str) -> list[int]:
+    shards = split_shards(folder, split)
+    return np.concatenate([open_shard(path)[1] for path in shards]).tolist() if shards else []
+
+
+def expected(tokenizer: Tokenizer, documents: list[str], bos: bool = True, eos: bool = True) -> list[int]:
+    return [token for document in documents for token in tokenizer.encode(document, bos=bos, eos=eos)]
+
+
+def folder_contents(folder: Path) -> tuple[dict, dict]:
+    return {p.name: p.read_bytes() for p in folder.glob("*.bin")}, read_manifest(folder)
