@@ -88,15 +88,6 @@ def test_a_save_killed_midway_is_ignored_and_cleaned(tmp_path, corpus_cache, uni
     assert RunFolder(tmp_path / "debug").published_steps() == [10, 20] and not (checkpoints / "step-20.tmp").exists()
 
 
-def test_newest_checkpoint_is_chosen_by_its_integer_step(tmp_path):
-    run = RunFolder(tmp_path)
-    for name in ("step-9", "step-10", "step-100", "step-11.tmp", "step-x", "step-12"):
-        (run.checkpoints / name).mkdir(parents=True)
-        if name != "step-12":  # no metadata: incomplete
-            (run.checkpoints / name / ".metadata").write_bytes(b"")
-    assert run.published_steps() == [9, 10, 100]
-
-
 def test_a_damaged_checkpoint_stops_with_one_line_and_is_left_alone(tmp_path, corpus_cache, uninterrupted):
     checkpoint = tmp_path / "debug/checkpoints/step-10"
     shutil.copytree(uninterrupted / "checkpoints/step-10", checkpoint)
