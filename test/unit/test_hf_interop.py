@@ -1,0 +1,49 @@
+"""Hugging Face interop in this process: a tokenizer whose ids a Hugging Face tokenizer cannot
+reproduce is refused, and a model loaded from a Hugging Face folder generates with the KV cache as
+without it; top-p sampling."""
+
+import pytest
+import torch
+from helpers import train_small_tokenizer
+
+from tinytitan.errors import UserError
+from tinytitan.generation import Sampling, generate
+from tinytitan.hf.tokenizer import write_hf_tokenizer
+from tinytitan.model_files import load_model
+from tinytitan.models.llama import KVCache
+
+# awkward_folder is written by transformers, in safetensors files
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors.torch")
+
+
+def test_a_tokenizer_whose_ids_cannot_be_reproduced_is_refused(tmp_path):
+    path = train_small_tokenizer(tmp_path / "nfkc.model", normalization_rule_name="nmt_nfkc")
+    with pytest.raises(UserError, match="expected a Llama-style sentencepiece model with the identity normalization"):
+        write_hf_tokenizer(path, tmp_path, max_length=64)
+    assert not (tmp_path / "tokenizer.json").exists()
+
+
+def test_kv_cache_gives_the_logits_of_a_full_recompute(awkward_folder):
+    model, _ = load_model(awkward_folder, "cpu", torch.float32)
+    tokens = torch.randint(0, 331, (2, 40), generator=torch.Generator().manual_seed(3))
+    cache = KVCache(model.args, 2, 40, "cpu")
+    with torch.no_grad():
+        full = model(tokens)
+        pieces = [model(tokens[:, start:end], cache=cache) for start, end in ((0, 17), (17, 20), (20, 21), (21, 40))]
+    assert cache.length == 40
+    # The same arithmetic in other kernels (masked attention over the cache): rounding differs.
+    assert (torch.cat(pieces, dim=1) - full).abs().max().item() <= 1e-4
+    assert full.abs().max().item() > 1.0
+    prompt = tokens[0, :5].tolist()
+    assert generate(model, prompt, 30, use_cache=True) == generate(model, prompt, 30, use_cache=False)
+
+
+def test_top_p_keeps_only_the_most_likely_tokens():
+    from tinytitan.generation import choose_token
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    generator = torch.Generator().manual_seed(0)
+    drawn = {choose_token(logits, Sampling(1.0, 0.7), generator) for _ in range(200)}
+    assert drawn == {0, 1}  # 0.5 < 0.7, so the second is needed; the 0.8 reached then is enough
+    assert choose_token(logits, Sampling(0.0), None) == 0
