@@ -29,6 +29,13 @@ def test_command_line_overrides_the_file_and_later_flags_win(tmp_path):
     assert config.optimizer.beta2 == 0.5
 
 
+@pytest.mark.parametrize("key", ["job.name", "data.cache_dir", "training.steps", "optimizer.lr"])
+def test_a_bare_flag_of_a_key_that_is_not_boolean_is_refused(key):
+    with pytest.raises(ConfigError, match=rf"--{key} has no value: expected --{key}=VALUE"):
+        load_config([f"--{key}", "--compile.enable"])  # the next argument is a flag, not the value
+    assert load_config([f"--{key}", "7"]) != JobConfig()  # the same key with a value is fine
+
+
 def test_data_sources_come_from_tables_or_an_inline_array(tmp_path):
     path = write_job_file(
         tmp_path,
