@@ -13,6 +13,7 @@ interpreter float32 -> bfloat16 casts truncate instead of rounding to nearest, w
 error of every rounding.)
 """
 
+import pytest
 import torch
 
 from tinytitan.kernels.cross_entropy import linear_cross_entropy_reference, linear_cross_entropy_triton
@@ -89,6 +90,19 @@ def compare(
 
 def randn(*shape, dtype=torch.float32, scale=1.0):
     return (torch.randn(*shape, device=DEVICE) * scale).to(dtype)
+
+
+def refusal_test(bad_calls):
+    """A test, parametrised over `bad_calls()` (pairs of a call and the message it must raise), that
+    each call is refused with a ValueError matching its message. Assign it to a test_* name."""
+
+    @pytest.mark.parametrize("case", range(len(bad_calls())))
+    def test(case):
+        call, message = bad_calls()[case]
+        with pytest.raises(ValueError, match=message):
+            call()
+
+    return test
 
 
 def assert_passes_opcheck(op, args) -> None:
