@@ -83,6 +83,12 @@ def test_config_round_trips_through_a_transformers_config():
         ({"model_type": "llama", "hidden_size": 64}, "no 'num_attention_heads'"),
         ({**to_hf_config(ARGS), "head_dim": 32}, "head_dim=32: expected"),
         ({**to_hf_config(ARGS), "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
+        # transformers 4's older spelling of the kind, beside a plain rope_parameters table
+        ({**to_hf_config(ARGS), "rope_scaling": {"type": "linear", "factor": 2.0}}, "rope type 'linear'"),
+        (
+            {**to_hf_config(ARGS), "rope_parameters": {"rope_type": "default"}, "rope_scaling": {"type": "dynamic"}},
+            "rope type 'dynamic'",
+        ),
         ({**to_hf_config(ARGS), "hidden_act": "gelu"}, "hidden_act='gelu': expected 'silu'"),
         ({**to_hf_config(ARGS), "attention_bias": True}, "attention_bias=true: expected no biases"),
     ],

@@ -91,11 +91,16 @@ def to_hf_config(args: ModelArgs, bos_id: int = 1, eos_id: int = 2) -> dict:
 
 
 def _rope_theta(config: dict) -> float:
-    # transformers 5 moved rope_theta into rope_parameters; accept both spellings.
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise UserError(f"config rope type {rope['rope_type']!r}: only plain rotary embeddings are supported")
-    return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    """The rotary base of a config.json, refusing any RoPE scaling (which ModelArgs cannot express).
+    transformers 5 writes `rope_parameters` (with `rope_type` and `rope_theta`); transformers 4
+    wrote `rope_scaling`, whose older files spell the kind `type` rather than `rope_type`."""
+    tables = [table for table in (config.get("rope_parameters"), config.get("rope_scaling")) if table]
+    for table in tables:
+        kind = table.get("rope_type", table.get("type", "default"))
+        if kind not in ("default", None):
+            raise UserError(f"config rope type {kind!r}: only plain rotary embeddings are supported")
+    theta = next((table["rope_theta"] for table in tables if "rope_theta" in table), None)
+    return float(theta if theta is not None else config.get("rope_theta", 10000.0))
 
 
 def from_hf_config(config: dict) -> ModelArgs:
