@@ -2,6 +2,8 @@
 reproduce is refused, and a model loaded from a Hugging Face folder generates with the KV cache as
 without it; top-p sampling."""
 
+import json
+
 import pytest
 import torch
 from helpers import train_small_tokenizer
@@ -22,6 +24,24 @@ def test_a_tokenizer_whose_ids_cannot_be_reproduced_is_refused(tmp_path):
     with pytest.raises(UserError, match="expected a Llama-style sentencepiece model with the identity normalization"):
         write_hf_tokenizer(path, tmp_path, max_length=64)
     assert not (tmp_path / "tokenizer.json").exists()
+
+
+def test_the_exported_tokenizer_gives_exactly_what_the_model_takes(small_tokenizer, tmp_path):
+    """input_ids and attention_mask, no token_type_ids (which transformers 4 adds by default and
+    which LlamaForCausalLM.generate refuses), and the ids of sentencepiece with bos first."""
+    from transformers import AutoTokenizer
+
+    from tinytitan.data.tokenizer import Tokenizer
+
+    write_hf_tokenizer(small_tokenizer, tmp_path, max_length=64)
+    hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    encoded = hf_tokenizer("def f(x):\n    return x  # twice", return_tensors="pt")
+    assert sorted(encoded.keys()) == ["attention_mask", "input_ids"]
+    # what makes transformers 4 (whose fast tokenizers default to token_type_ids too) agree
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["model_input_names"] == ["input_ids", "attention_mask"]
+    expected = Tokenizer(small_tokenizer).encode("def f(x):\n    return x  # twice", bos=True)
+    assert encoded["input_ids"][0].tolist() == expected
 
 
 def test_kv_cache_gives_the_logits_of_a_full_recompute(awkward_folder):

@@ -149,6 +149,9 @@ def write_hf_tokenizer(model_path: str | Path, folder: str | Path, max_length: i
         "split_special_tokens": True,
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_length,
+        # The model takes no token_type_ids: without this, transformers 4 returns them and
+        # `model.generate(**tokenizer(text, return_tensors="pt"))` fails.
+        "model_input_names": ["input_ids", "attention_mask"],
     }
     shutil.copyfile(model_path, folder / "tokenizer.model")
     (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
