@@ -119,14 +119,26 @@ def test_initial_load_of_another_model_is_refused(tmp_path, corpus_cache):
 
 
 def test_export_in_bf16_and_start_a_new_run_from_it(tmp_path, corpus_cache, uninterrupted):
-    first = overrides(tmp_path / "a", corpus_cache, "--checkpoint.export_dtype=bfloat16", "--training.steps=3")
+    first = overrides(
+        tmp_path / "a",
+        corpus_cache,
+        "--checkpoint.export_dtype=bfloat16",
+        "--training.steps=3",
+        "--lr_scheduler.warmup_steps=2",
+    )
     finish(launch(first))
     exported = tmp_path / "a/debug/checkpoints/step-3-model"
     weights = model_weights(exported)
     trained = model_weights(tmp_path / "a/debug/checkpoints/step-3")
     for name, tensor in trained.items():
         assert torch.equal(weights[name], tensor.to(torch.bfloat16).float())  # the template is fp32
-    second = overrides(tmp_path / "b", corpus_cache, f"--checkpoint.initial_load_path={exported}", "--training.steps=2")
+    second = overrides(
+        tmp_path / "b",
+        corpus_cache,
+        f"--checkpoint.initial_load_path={exported}",
+        "--training.steps=2",
+        "--lr_scheduler.warmup_steps=1",
+    )
     output = finish(launch(second))
     assert f"model initialised from {exported}" in output
     assert losses(tmp_path / "b/debug")[1] < losses(tmp_path / "a/debug")[1] - 0.1  # starts where the first left off

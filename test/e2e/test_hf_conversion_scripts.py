@@ -237,6 +237,7 @@ def test_an_imported_export_matches_its_flavor_and_starts_a_run(trained, exporte
             f"--job.dump_folder={tmp_path / 'run'}",
             f"--data.cache_dir={corpus_cache}",
             "--training.steps=1",
+            "--lr_scheduler.warmup_steps=0",
             "--training.seq_len=64",
             "--training.global_batch_tokens=256",
             "--training.micro_batch_size=4",

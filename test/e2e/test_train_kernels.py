@@ -16,6 +16,7 @@ def test_triton_kernels_train_like_the_torch_references(tmp_path, corpus_cache):
                 tmp_path,
                 corpus_cache,
                 "--training.steps=3",
+                "--lr_scheduler.warmup_steps=2",
                 "--training.seq_len=32",
                 "--training.micro_batch_size=4",
                 "--training.global_batch_tokens=128",

@@ -1,6 +1,10 @@
 import dataclasses
+import re
+import typing
 
+import numpy as np
 import pytest
+import torch
 from helpers import write_job_file
 
 from tinytitan.config import ConfigError, DataSource, JobConfig, accumulation_steps, load_config, to_toml
@@ -18,6 +22,7 @@ def test_command_line_overrides_the_file_and_later_flags_win(tmp_path):
             "--training.steps=7",
             "--training.steps",
             "9",
+            "--lr_scheduler.warmup_steps=1",
             "--compile.enable",
             "--optimizer.beta2=0.5",
         ]
@@ -33,7 +38,7 @@ def test_command_line_overrides_the_file_and_later_flags_win(tmp_path):
 def test_a_bare_flag_of_a_key_that_is_not_boolean_is_refused(key):
     with pytest.raises(ConfigError, match=rf"--{key} has no value: expected --{key}=VALUE"):
         load_config([f"--{key}", "--compile.enable"])  # the next argument is a flag, not the value
-    assert load_config([f"--{key}", "7"]) != JobConfig()  # the same key with a value is fine
+    assert load_config([f"--{key}", "70"]) != JobConfig()  # the same key with a value is fine
 
 
 def test_data_sources_come_from_tables_or_an_inline_array(tmp_path):
@@ -54,6 +59,7 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
     config = load_config(
         [
             "--training.steps=3",
+            "--lr_scheduler.warmup_steps=2",
             '--job.name=a "quoted" name',
             "--metrics.enable_tensorboard=false",
             "--optimizer.lr=0.00123",
@@ -82,7 +88,7 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
         ("steps = 3\n", [], ["top-level key 'steps'", "expected a [section] table"]),
         ("[training\n", [], ["job.toml", "not valid TOML"]),
         ("", ["--training.steps=-3"], ["command line", 'training.steps = "-3"', "expected an integer >= 1"]),
-        ("", ["--optimizer.lr=nan"], ['optimizer.lr = "nan"', "expected a number > 0.0"]),
+        ("", ["--optimizer.lr=nan"], ['optimizer.lr = "nan"', "expected a finite number > 0.0"]),
         ("", ["--compile.enable=maybe"], ['compile.enable = "maybe"', "expected a boolean"]),
         ("", ["--training.seq_len=4096"], ["training.seq_len = 4096", "at most 1024", "'debug'"]),
         ("", ["--lr_scheduler.min_lr=1", "--optimizer.lr=0.1"], ["lr_scheduler.min_lr = 1.0", "at most optimizer.lr"]),
@@ -97,6 +103,29 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
             ['data.sources[1].name = "a"', "unique"],
         ),
         ("", ["--data.dataset=sources", '--data.sources=[{name="a"}]'], ["data.sources[0]", "expected both to be set"]),
+        # numbers beyond what the code takes: named with the limit, never a traceback
+        ("", [f"--training.seed={2**64}"], [f'training.seed = "{2**64}"', f"<= {2**64 - 1}"]),
+        (f"[training]\nseed = {2**64}\n", [], [f"training.seed = {2**64}", f"<= {2**64 - 1}"]),
+        (
+            "",
+            [f"--training.steps={2**63}"],
+            [f'training.steps = "{2**63}"', f"expected an integer >= 1 and <= {2**63 - 1}"],
+        ),
+        ("[optimizer]\nlr = 1" + "0" * 400 + "\n", [], ["job.toml", "optimizer.lr = 1000", "expected a number > 0.0"]),
+        ("[optimizer]\nlr = inf\n", [], ["optimizer.lr = inf", "expected a finite number > 0.0"]),
+        ("", ["--optimizer.eps=-inf"], ['optimizer.eps = "-inf"', "expected a finite number > 0.0"]),
+        # a warmup that leaves out the decay to min_lr, or the peak too
+        (
+            "",
+            ["--training.steps=10", "--lr_scheduler.warmup_steps=10"],
+            ["lr_scheduler.warmup_steps = 10", "fewer than training.steps = 10", "cosine decay reaches min_lr"],
+        ),
+        (
+            "",
+            ["--training.steps=10", "--lr_scheduler.decay_type=constant", "--lr_scheduler.warmup_steps=11"],
+            ["lr_scheduler.warmup_steps = 11", "at most training.steps = 10", "reaches its peak"],
+        ),
+        ("", ["--training.steps=10"], ["lr_scheduler.warmup_steps = 20", "fewer than training.steps = 10"]),
     ],
 )
 def test_bad_config_names_source_key_value_and_expectation(tmp_path, toml, flags, expected):
@@ -128,3 +157,39 @@ def test_tinyllama_recipe_carries_the_published_hyperparameters():
         assert [(d.name, d.weight) for d in config.data.sources] == [("slimpajama", 0.693584), ("starcoder", 0.306416)]
         assert config.checkpoint.interval == 5000 and t.mixed_precision == "bfloat16" and config.compile.enable
         assert accumulation_steps(config.training, ranks) == accumulation
+
+
+def _keys():
+    """(key, type, flag template) for every scalar key, and each key of a table in an array of tables."""
+    for section in dataclasses.fields(JobConfig):
+        for f in dataclasses.fields(section.type):
+            key = f"{section.name}.{f.name}"
+            if typing.get_origin(f.type) is not list:
+                yield key, f.type, f"--{key}={{}}"
+                continue
+            for g in dataclasses.fields(typing.get_args(f.type)[0]):
+                yield f"{key}[0].{g.name}", g.type, f'--{key}=[{{{{name="a", path="/a", {g.name}={{}}}}}}]'
+
+
+KEYS = list(_keys())
+
+
+@pytest.mark.parametrize("key, flag", [(k, flag) for k, t, flag in KEYS if t is float])
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e999"])
+def test_every_number_key_refuses_what_is_not_finite(key, flag, text):
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)} = .*: expected a finite number"):
+        load_config([flag.format(text)])
+
+
+@pytest.mark.parametrize("key, flag", [(k, flag) for k, t, flag in KEYS if t is int])
+def test_every_integer_key_refuses_what_no_int64_holds(key, flag):
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)} = .*: expected an integer .*<= "):
+        load_config([flag.format(2**64)])
+
+
+def test_the_largest_seed_accepted_is_one_torch_and_numpy_take():
+    largest = load_config([f"--training.seed={2**64 - 1}"]).training.seed
+    torch.Generator().manual_seed(largest)  # as torch.manual_seed seeds the default one
+    np.random.default_rng([largest, 0])  # as the data streams seed theirs
+    with pytest.raises((RuntimeError, ValueError)):  # the limit is torch's own
+        torch.Generator().manual_seed(largest + 1)

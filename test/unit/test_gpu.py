@@ -76,6 +76,7 @@ def test_triton_kernels_train_like_the_torch_references_on_cuda(tmp_path, corpus
                     f"--job.dump_folder={tmp_path}",
                     f"--data.cache_dir={corpus_cache}",
                     "--training.steps=5",
+                    "--lr_scheduler.warmup_steps=4",
                     "--metrics.log_freq=1",
                     "--training.mixed_precision=fp32",
                     f"--model.kernels={kernels}",

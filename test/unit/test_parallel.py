@@ -20,6 +20,7 @@ def test_compiled_blocks_give_the_losses_of_eager(tmp_path, corpus_cache):
                 tmp_path,
                 corpus_cache,
                 "--training.steps=3",
+                "--lr_scheduler.warmup_steps=2",
                 "--metrics.enable_tensorboard=false",
                 "--training.micro_batch_size=8",
                 *extra,

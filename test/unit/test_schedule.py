@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tinytitan.config import LRScheduler
+from tinytitan.config import ConfigError, LRScheduler, load_config
 from tinytitan.optim import build_lr_scheduler, lr_at_step
 
 PEAK, MIN = 4e-4, 4e-5
@@ -51,3 +51,20 @@ def test_scheduler_drives_the_optimizer_step_by_step():
         param.grad = torch.ones(3)
         optimizer.step()
         scheduler.step()
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear", "constant"])
+def test_a_config_is_accepted_exactly_when_its_schedule_reaches_the_peak_and_min_lr(decay):
+    for steps in range(1, 7):
+        for warmup in range(0, 9):
+            flags = [f"--training.steps={steps}", f"--lr_scheduler.warmup_steps={warmup}"]
+            flags += [f"--lr_scheduler.decay_type={decay}", f"--optimizer.lr={PEAK}", f"--lr_scheduler.min_lr={MIN}"]
+            lrs = [lr_at_step(step, PEAK, schedule(decay, warmup), steps) for step in range(1, steps + 1)]
+            reaches_peak = warmup == 0 or PEAK in lrs  # no warmup: the peak is where it starts
+            reaches_min = decay == "constant" or lrs[-1] == pytest.approx(MIN)
+            try:
+                load_config(flags)
+                accepted = True
+            except ConfigError:
+                accepted = False
+            assert accepted == (reaches_peak and reaches_min), (steps, warmup, lrs)

@@ -19,6 +19,7 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cach
                 tmp_path,
                 corpus_cache,
                 "--training.steps=4",
+                "--lr_scheduler.warmup_steps=3",
                 "--training.micro_batch_size=8",
                 "--training.global_batch_tokens=512",
             )
@@ -30,6 +31,7 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cach
                 tmp_path,
                 corpus_cache,
                 "--training.steps=4",
+                "--lr_scheduler.warmup_steps=3",
                 "--training.micro_batch_size=2",
                 "--training.global_batch_tokens=512",
             )
@@ -51,6 +53,7 @@ def test_training_mixes_prepared_sources_and_validates_each(tmp_path, builtin_co
             tmp_path,
             "unused",
             "--training.steps=4",
+            "--lr_scheduler.warmup_steps=3",
             "--training.global_batch_tokens=512",
             "--data.dataset=sources",
             f"--data.sources=[{sources}]",
@@ -69,7 +72,12 @@ def test_training_mixes_prepared_sources_and_validates_each(tmp_path, builtin_co
 def test_synthetic_tokens_need_no_tokenizer_and_cover_the_vocabulary(tmp_path):
     records = train(
         debug_config(
-            tmp_path, "unused", "--training.steps=2", "--training.global_batch_tokens=512", "--data.dataset=synthetic"
+            tmp_path,
+            "unused",
+            "--training.steps=2",
+            "--lr_scheduler.warmup_steps=1",
+            "--training.global_batch_tokens=512",
+            "--data.dataset=synthetic",
         )
     )
     assert records[0]["loss"] > 8.0  # uniform tokens over 4096 ids: ln(4096) = 8.32, nothing to learn
@@ -100,7 +108,7 @@ def test_bad_setups_are_user_errors(tmp_path, corpus_cache, builtin_corpus, over
         o.replace("EMPTY", str(tmp_path)).replace("PROSE", str(builtin_corpus.sources["prose"])) for o in overrides
     ]
     with pytest.raises(UserError, match=message):
-        train(debug_config(tmp_path, corpus_cache, "--training.steps=1", *overrides))
+        train(debug_config(tmp_path, corpus_cache, "--training.steps=1", "--lr_scheduler.warmup_steps=0", *overrides))
 
 
 @pytest.mark.skipif(not LLAMA2_TOKENIZER.is_file(), reason="the Llama 2 tokenizer is not beside the checkout")
@@ -108,7 +116,11 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"data source 'prose' .*: 32000 pieces: expected at most the vocab_size 4096"):
         train(
             debug_config(
-                tmp_path, tmp_path / "cache", "--training.steps=1", f"--data.tokenizer_path={LLAMA2_TOKENIZER}"
+                tmp_path,
+                tmp_path / "cache",
+                "--training.steps=1",
+                "--lr_scheduler.warmup_steps=0",
+                f"--data.tokenizer_path={LLAMA2_TOKENIZER}",
             )
         )
 
@@ -116,4 +128,8 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
 def test_triton_kernels_on_cpu_need_the_interpreter(tmp_path, corpus_cache, monkeypatch):
     monkeypatch.setattr("tinytitan.kernels._common.INTERPRET", False)
     with pytest.raises(UserError, match='model.kernels = "triton": the device is cpu'):
-        train(debug_config(tmp_path, corpus_cache, "--training.steps=1", "--model.kernels=triton"))
+        train(
+            debug_config(
+                tmp_path, corpus_cache, "--training.steps=1", "--lr_scheduler.warmup_steps=0", "--model.kernels=triton"
+            )
+        )

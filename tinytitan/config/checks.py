@@ -8,7 +8,7 @@ group. So a mistake is one line and exit status 2, never a failure report from e
 module does not import torch: the launcher is told the device count rather than asking torch.
 """
 
-from tinytitan.config.schema import ConfigError, Data, JobConfig, Parallelism, Training, toml_value
+from tinytitan.config.schema import ConfigError, Data, JobConfig, LRScheduler, Parallelism, Training, toml_value
 from tinytitan.models.args import FLAVORS
 
 _REPLICATE, _SHARD = "parallelism.data_parallel_replicate_degree", "parallelism.data_parallel_shard_degree"
@@ -29,7 +29,25 @@ def check_consistency(config: JobConfig) -> None:
         raise ConfigError(
             f"lr_scheduler.min_lr = {config.lr_scheduler.min_lr}: expected at most optimizer.lr = {config.optimizer.lr}"
         )
+    _check_warmup(config.lr_scheduler, config.training.steps)
     _check_sources(config.data)
+
+
+def _check_warmup(schedule: LRScheduler, steps: int) -> None:
+    """The schedule's promise: the lr reaches its peak at step warmup_steps and then decays to min_lr
+    at the last step. A warmup as long as the run would leave out the decay; a longer one, the peak too."""
+    warmup = schedule.warmup_steps
+    if schedule.decay_type == "constant":
+        if warmup > steps:
+            raise ConfigError(
+                f"lr_scheduler.warmup_steps = {warmup}: expected at most training.steps = {steps}, "
+                "so that the lr reaches its peak"
+            )
+    elif warmup >= steps:
+        raise ConfigError(
+            f"lr_scheduler.warmup_steps = {warmup}: expected fewer than training.steps = {steps}, so that the "
+            f'{schedule.decay_type} decay reaches min_lr at the last step (or lr_scheduler.decay_type = "constant")'
+        )
 
 
 def _check_sources(data: Data) -> None:

@@ -18,7 +18,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from tinytitan.config.checks import check_consistency
-from tinytitan.config.schema import ConfigError, JobConfig, toml_value
+from tinytitan.config.schema import INT64_MAX, ConfigError, JobConfig, toml_value
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
@@ -51,20 +51,24 @@ def _key_field(config: JobConfig, key: str, source: str) -> tuple[Any, dataclass
     return section, keys[name]
 
 
-def _expected(f: dataclasses.Field) -> str:
+def _expected(f: dataclasses.Field, value=None) -> str:
+    """What key `f` accepts. Two limits are named only to the `value` they refuse: that a number is
+    finite, and the int64 limit every integer key has."""
     table = _table_type(f)
     if table:
         keys = ", ".join(f"{g.name} ({_expected(g)})" for g in dataclasses.fields(table))
         return f"an array of tables with the keys {keys}"
-    meta, words = f.metadata, [_TYPE_NAMES[f.type]]
+    meta, limits = f.metadata, []
+    int64_limit = type(value) is int and abs(value) > INT64_MAX
+    finite = "finite " if isinstance(value, float) and not math.isfinite(value) else ""
     if meta["choices"]:
         aliases = [alias for choice in meta["choices"] for alias, value in meta["aliases"].items() if value == choice]
         also = f" (or {', '.join(repr(a) for a in aliases)})" if aliases else ""
         return "one of " + ", ".join(repr(c) for c in meta["choices"]) + also
     for limit, sign in (("min", ">="), ("above", ">"), ("max", "<="), ("below", "<")):
-        if meta[limit] is not None:
-            words.append(f"{sign} {meta[limit]}")
-    return " ".join(words)
+        if meta[limit] is not None and (int64_limit or not (limit == "max" and meta[limit] == INT64_MAX)):
+            limits.append(f"{sign} {meta[limit]}")
+    return " ".join([_TYPE_NAMES[f.type].replace("a ", "a " + finite, 1), " and ".join(limits)]).strip()
 
 
 def _check_range(value, f: dataclasses.Field) -> bool:
@@ -82,7 +86,10 @@ def _check_range(value, f: dataclasses.Field) -> bool:
 def _from_toml(value, f: dataclasses.Field):
     """The TOML value as the field's type, or None when it has another type."""
     if f.type is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            return None
     if type(value) is f.type:
         return value
     return None
@@ -111,7 +118,7 @@ def _convert(raw, f: dataclasses.Field, key: str, source: str, parse):
     value = parse(raw, f)
     value = f.metadata["aliases"].get(value, value)  # another spelling of an accepted value: stored as that value
     if value is None or not _check_range(value, f):
-        raise ConfigError(f"{source}: {key} = {toml_value(raw)}: expected {_expected(f)}")
+        raise ConfigError(f"{source}: {key} = {toml_value(raw)}: expected {_expected(f, value)}")
     return value
 
 

@@ -18,9 +18,16 @@ class ConfigError(UserError):
     pass
 
 
+# Every integer key ends up in Python arithmetic, torch tensors (the checkpointed step and token
+# counts) or numpy: an int64 holds all of them, so an integer key without a `max` stops there.
+INT64_MAX = 2**63 - 1
+
+
 def option(default, doc: str, *, choices=None, aliases=None, min=None, above=None, max=None, below=None):
     """A config key: its default, a one-line doc, and the values it accepts. `aliases` maps other
     spellings a user may write (say, from an older config) to the stored one, before `choices` is checked."""
+    if type(default) is int and max is None:
+        max = INT64_MAX
     limits = {"choices": choices, "aliases": aliases or {}, "min": min, "above": above, "max": max, "below": below}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"doc": doc, **limits})
@@ -72,7 +79,8 @@ class Training:
         aliases=DTYPE_ALIASES,
     )
     device: str = option("auto", "auto: CUDA when available, else CPU", choices=("auto", "cuda", "cpu"))
-    seed: int = option(42, "seed of the initial weights and the data order", min=0)
+    # torch.manual_seed takes at most 2**64 - 1 (numpy's generators take any size)
+    seed: int = option(42, "seed of the initial weights and the data order", min=0, max=2**64 - 1)
 
 
 @dataclass
@@ -87,7 +95,9 @@ class Optimizer:
 
 @dataclass
 class LRScheduler:
-    warmup_steps: int = option(2000, "steps of linear warmup to the peak lr", min=0)
+    warmup_steps: int = option(
+        20, "steps of linear warmup to the peak lr (fewer than training.steps, so that the decay ends at min_lr)", min=0
+    )
     decay_type: str = option(
         "cosine", "decay from the peak to min_lr after warmup", choices=("cosine", "linear", "constant")
     )
@@ -121,7 +131,15 @@ class Data:
 @dataclass
 class Validation:
     eval_freq: int = option(0, "evaluate on each source's validation split every this many steps (0: never)", min=0)
-    eval_steps: int = option(10, "micro-batches per rank in one evaluation of each source", min=1)
+    eval_samples: int = option(
+        0,
+        "samples of each source's validation split in one evaluation, over all ranks together, so the loss is "
+        "the same on any number of ranks (0: eval_steps x micro_batch_size)",
+        min=0,
+    )
+    eval_steps: int = option(
+        10, "older key, used when eval_samples = 0: evaluate eval_steps x micro_batch_size samples in all", min=1
+    )
 
 
 @dataclass
