@@ -8,6 +8,7 @@ from tinytitan.data.builtin_corpus import BUILTIN_VOCAB_SIZE, WEIGHTS, prepare_b
 from tinytitan.data.manifest import read_manifest, split_shards
 from tinytitan.data.shards import open_shard
 from tinytitan.data.tokenizer import Tokenizer
+from tinytitan.errors import UserError
 
 
 def split_tokens(folder, split):
@@ -72,3 +73,33 @@ def test_a_given_tokenizer_is_used_and_recorded(tmp_path, builtin_corpus):
     assert np.array_equal(
         split_tokens(corpus.sources["prose"], "train"), split_tokens(builtin_corpus.sources["prose"], "train")
     )
+
+
+def test_a_relative_cache_dir_gives_a_corpus_that_reads_from_anywhere(tmp_path, builtin_corpus, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    corpus = prepare_builtin_corpus("relative-cache", builtin_corpus.tokenizer_path)
+    for directory in (tmp_path / "work", tmp_path):  # the run's folder, and another working directory
+        monkeypatch.chdir(directory)
+        for name in WEIGHTS:
+            for split in ("train", "validation"):
+                folder = tmp_path / "work" / corpus.sources[name]
+                assert np.array_equal(split_tokens(folder, split), split_tokens(builtin_corpus.sources[name], split))
+    assert prepare_builtin_corpus(tmp_path / "work/relative-cache", builtin_corpus.tokenizer_path).sources
+
+
+def test_a_corpus_that_does_not_read_back_is_never_marked_complete(tmp_path, builtin_corpus, monkeypatch):
+    def manifest_naming_the_staging_folder(folder, tokenizer, splits, **kwargs):
+        path = real_write_manifest(folder, tokenizer, splits, **kwargs)  # as the shards are named from the cwd
+        manifest = json.loads(path.read_text())
+        for name, split in splits.items():
+            manifest["splits"][name]["shards"] = [str(shard) for shard in split["shards"]]
+        path.write_text(json.dumps(manifest))
+        return path
+
+    real_write_manifest = corpus_module.write_manifest
+    monkeypatch.setattr(corpus_module, "write_manifest", manifest_naming_the_staging_folder)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="built-in corpus .*prose/train"):
+        prepare_builtin_corpus("cache", builtin_corpus.tokenizer_path)
+    assert not list((tmp_path / "cache").glob("*/corpus.json")) and not list((tmp_path / "cache").glob("*.tmp-*"))

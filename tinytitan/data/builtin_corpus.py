@@ -21,9 +21,10 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from tinytitan.data.manifest import write_manifest
-from tinytitan.data.shards import ShardWriter
+from tinytitan.data.manifest import read_manifest, write_manifest
+from tinytitan.data.shards import ShardWriter, read_header
 from tinytitan.data.tokenizer import Tokenizer
+from tinytitan.errors import UserError
 from tinytitan.progress import Progress
 
 CORPUS_VERSION = 2
@@ -177,6 +178,7 @@ def _build(folder: Path, tokenizer_path: Path | None) -> None:
         "code (validation)", unused, tokenizer, round(tokens["validation"] * code_share)
     )
     _write_source(folder / "code", tokenizer, {"train": code_train, "validation": code_validation})
+    _read_back(folder)  # before corpus.json: a folder marked complete is one that training can read
     record = {
         "corpus_version": CORPUS_VERSION,
         "python": sys.version.split()[0],
@@ -184,6 +186,24 @@ def _build(folder: Path, tokenizer_path: Path | None) -> None:
         "tokenizer_trained_here": tokenizer_path is None,
     }
     (folder / "corpus.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _read_back(folder: Path) -> None:
+    """Every source reads back from inside `folder`, by the shard paths its manifest lists (relative
+    to the source, so they survive the rename that publishes it): each shard whole, and together the
+    tokens the manifest promises."""
+    for name in WEIGHTS:
+        source = (folder / name).resolve()
+        for split, entry in read_manifest(source)["splits"].items():
+            try:
+                tokens = sum(read_header(source / shard).num_tokens for shard in entry["shards"])
+            except UserError as error:
+                tokens = f"not all: {error}"
+            if tokens != entry["tokens"]:
+                raise UserError(
+                    f"built-in corpus {folder}: {name}/{split} does not read back as written "
+                    f"(expected {entry['tokens']} tokens, read {tokens})"
+                )
 
 
 def prepare_builtin_corpus(cache_dir: str | Path, tokenizer_path: str | Path | None = None) -> BuiltinCorpus:
