@@ -1,11 +1,16 @@
 """The global sample stream, its mixing by weight, and the per-rank loader's exact resume."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
+from tinytitan.config import Data, DataSource
 from tinytitan.data.loader import DataLoader
 from tinytitan.data.shards import write_shard
+from tinytitan.data.sources import build_streams
 from tinytitan.data.streams import MixedStream, SampleStream, SyntheticStream
 from tinytitan.errors import UserError
 
@@ -145,3 +150,84 @@ def test_too_little_data_is_refused(tmp_path):
         SampleStream([tmp_path / "tiny.bin"], SEQ, (0,))
     with pytest.raises(UserError, match="no token shards"):
         SampleStream([], SEQ, (0,))
+
+
+# ---- what a saved position means: the settings of its stream ----
+
+
+def stream_of(corpus_cache, builtin_corpus, seq_len=SEQ, seed=0, dataset="builtin", weights=None, moved=None):
+    """The training stream build_streams makes for a run (its settings filled in as for training)."""
+    data = Data(dataset=dataset, cache_dir=str(corpus_cache))
+    if weights:
+        folders = {name: (moved or {}).get(name, path) for name, path in builtin_corpus.sources.items()}
+        sources = [DataSource(name, str(folders[name]), weight) for name, weight in weights.items()]
+        data = Data(dataset="sources", sources=sources, tokenizer_path=str(builtin_corpus.tokenizer_path))
+    return build_streams(data, 4096, seq_len, seed)[0]
+
+
+def saved_state(stream, samples=6):
+    loader = DataLoader(stream, 3)
+    batches(loader, samples // 3)
+    return loader.state_dict()
+
+
+@pytest.mark.parametrize(
+    "changed, key, saved, new",
+    [
+        ({"seq_len": 12}, "training.seq_len", "10", "12"),
+        ({"seed": 1}, "training.seed", "0", "1"),
+        ({"dataset": "synthetic"}, "data.dataset", '"builtin"', '"synthetic"'),
+    ],
+)
+def test_a_position_saved_under_other_stream_settings_is_refused(
+    corpus_cache, builtin_corpus, changed, key, saved, new
+):
+    state = saved_state(stream_of(corpus_cache, builtin_corpus))
+    resumed = DataLoader(stream_of(corpus_cache, builtin_corpus, **changed), 3)
+    message = f"resume: {key} = {new}: the checkpoint's data position counts samples of a stream with {key} = {saved}"
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        resumed.load_state_dict(state)
+
+
+@pytest.mark.parametrize("weights", [{"prose": 0.5, "code": 0.5}, {"prose": 1.0}, {"code": 0.3, "prose": 0.7}])
+def test_other_sources_or_weights_are_refused_and_a_moved_folder_is_not(
+    tmp_path, corpus_cache, builtin_corpus, weights
+):
+    original = {"prose": 0.7, "code": 0.3}
+    state = saved_state(stream_of(corpus_cache, builtin_corpus, weights=original))
+    with pytest.raises(UserError, match=r"resume: data.sources = .*: .* with data.sources = \"prose weight 0.7 "):
+        DataLoader(stream_of(corpus_cache, builtin_corpus, weights=weights), 3).load_state_dict(state)
+    moved = {name: shutil.copytree(path, tmp_path / name) for name, path in builtin_corpus.sources.items()}
+    resumed = DataLoader(stream_of(corpus_cache, builtin_corpus, weights={"prose": 7, "code": 3}, moved=moved), 3)
+    resumed.load_state_dict(state)  # the same data elsewhere, and the same shares of the weights
+    assert resumed.position == 6
+
+
+def test_a_changed_global_batch_continues_the_global_stream_exactly(shards):
+    """4 samples a step, then 6 (on two ranks of 3): no sample skipped or repeated."""
+    paths, _ = shards
+    stream = SampleStream(paths, SEQ, (0,))
+    single = torch.cat(batches(DataLoader(stream, 1), 4 * 3 + 6 * 3))
+    first = DataLoader(stream, 4)
+    got = batches(first, 3)
+    loaders = [DataLoader(stream, 3, rank, 2) for rank in range(2)]
+    for loader in loaders:
+        loader.load_state_dict(first.state_dict())
+    got += [batch for _ in range(3) for loader in loaders for batch in batches(loader, 1)]
+    assert torch.equal(torch.cat(got), single)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_checkpoint_saved_before_settings_were_recorded_resumes(tmp_path, corpus_cache, builtin_corpus):
+    """Its loader state is a bare integer under "position": DCP loads it into today's loader."""
+    dcp.save({"dataloader": {"position": 6}}, checkpoint_id=str(tmp_path / "old"), no_dist=True)
+    stream = stream_of(corpus_cache, builtin_corpus)
+    resumed = DataLoader(stream, 3)
+    dcp.load({"dataloader": resumed}, checkpoint_id=str(tmp_path / "old"), no_dist=True)
+    expected = batches(DataLoader(stream, 3), 4)[2:]
+    assert all(torch.equal(a, b) for a, b in zip(batches(resumed, 2), expected, strict=True))
+    # and a checkpoint of today refuses through DCP too, with the loader's own line
+    dcp.save({"dataloader": resumed}, checkpoint_id=str(tmp_path / "new"), no_dist=True)
+    other = DataLoader(stream_of(corpus_cache, builtin_corpus, seq_len=12), 3)
+    with pytest.raises(UserError, match="resume: training.seq_len = 12"):
+        dcp.load({"dataloader": other}, checkpoint_id=str(tmp_path / "new"), no_dist=True)

@@ -6,8 +6,19 @@ the global position of the first sample not yet handed to the training loop: one
 same on every rank, that does not depend on the number of ranks (with a fixed global batch in
 tokens, it is steps x samples per step). Restoring it restarts the workers at that position, so
 resuming is exact with any num_workers, costs nothing, and works on a different number of ranks.
+
+A position means something only for the stream it counts samples of: the stream's `settings`
+(seq_len, seed, dataset kind, sources with their weights and sizes; see sources.stream_settings)
+are saved beside it, and a state saved under other settings is refused with one line naming the
+setting, rather than continued in a stream that would skip or repeat data. The global batch and the
+number of ranks may change: they only decide how many of the next samples each step takes.
+
+DCP refuses a checkpoint that lacks a key the loader asks for, so the state keeps its one key,
+"position", which now holds JSON text {"sample": N, "settings": {...}}; a bare integer there is a
+checkpoint saved before settings were recorded, and is resumed unchecked.
 """
 
+import json
 import warnings
 
 import numpy as np
@@ -16,6 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from tinytitan.data.streams import Stream
+from tinytitan.errors import UserError
 
 
 class _StreamDataset(Dataset):
@@ -85,12 +97,31 @@ class DataLoader:
         return batch[:, :-1], batch[:, 1:]
 
     def state_dict(self) -> dict:
-        return {"position": self.position}
+        return {"position": json.dumps({"sample": self.position, "settings": self._settings()})}
 
     def load_state_dict(self, state: dict) -> None:
-        self.position = int(state["position"])
+        saved = state["position"]
+        if isinstance(saved, str):
+            saved = json.loads(saved)
+            check_same_settings(saved.get("settings", {}), self._settings())
+            saved = saved["sample"]
+        self.position = int(saved)  # a bare integer: saved before settings were recorded
         self.close()
+
+    def _settings(self) -> dict:
+        return getattr(self.stream, "settings", {})
 
     def close(self) -> None:
         """Stop the workers; the next batch starts them again at the current position."""
         self._batches = None
+
+
+def check_same_settings(saved: dict, current: dict) -> None:
+    """Refuse to continue a position saved in another stream: the first setting that differs, with
+    both values (a setting one side does not record, from an older or newer version, is skipped)."""
+    for key, value in current.items():
+        if key in saved and saved[key] != value:
+            raise UserError(
+                f"resume: {key} = {json.dumps(value)}: the checkpoint's data position counts samples of a stream "
+                f"with {key} = {json.dumps(saved[key])} (resume with that value, or start a new run)"
+            )

@@ -11,6 +11,7 @@ from pathlib import Path
 from tinytitan.config import Data
 from tinytitan.data.builtin_corpus import prepare_builtin_corpus
 from tinytitan.data.manifest import read_manifest, split_shards
+from tinytitan.data.shards import read_header
 from tinytitan.data.streams import MixedStream, SampleStream, Stream, SyntheticStream
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
@@ -38,6 +39,21 @@ def check_sources(sources: list[Source], vocab_size: int, tokenizer: Tokenizer |
         _check_fits(source, record, vocab_size, tokenizer)
         if not split_shards(source.path, "train"):
             raise UserError(f"data source {source.name!r} ({source.path}): no train split in its manifest")
+        _check_shard_headers(source, vocab_size)
+
+
+def _check_shard_headers(source: Source, vocab_size: int) -> None:
+    """Every shard is there, whole, and holds ids of a vocabulary the model has: its header says
+    which (64 bytes read per shard). A shard from another tokenizer would otherwise train on ids past
+    the embedding's rows, silently on some devices, or fail deep inside a step."""
+    for split in read_manifest(source.path)["splits"]:
+        for path in split_shards(source.path, split):
+            header = read_header(path)
+            if header.vocab_size > vocab_size:
+                raise UserError(
+                    f"data source {source.name!r}: shard {path}: ids of a {header.vocab_size}-piece vocabulary "
+                    f"(its header): expected at most the model's vocab_size {vocab_size}"
+                )
 
 
 def _check_fits(source: Source, record: dict, vocab_size: int, tokenizer: Tokenizer | None) -> None:
@@ -93,8 +109,26 @@ def resolve_sources(data: Data) -> tuple[list[Source], Tokenizer | None]:
 def build_streams(data: Data, vocab_size: int, seq_len: int, seed: int) -> tuple[Stream, dict[str, SampleStream], str]:
     """The global training stream, each source's validation stream, and a few words on them."""
     if data.dataset == "synthetic":
-        return SyntheticStream(vocab_size, seq_len, seed=(seed,)), {}, f"synthetic tokens over {vocab_size} ids"
+        stream = SyntheticStream(vocab_size, seq_len, seed=(seed,))
+        stream.settings = stream_settings(data.dataset, seq_len, seed, [])
+        return stream, {}, f"synthetic tokens over {vocab_size} ids"
     sources, tokenizer = resolve_sources(data)
     check_sources(sources, vocab_size, tokenizer)
     mix = ", ".join(f"{s.name} {s.weight / sum(x.weight for x in sources):.1%}" for s in sources)
-    return training_stream(sources, seq_len, seed), validation_streams(sources, seq_len), f"sources {mix}"
+    stream = training_stream(sources, seq_len, seed)
+    stream.settings = stream_settings(data.dataset, seq_len, seed, sources)
+    return stream, validation_streams(sources, seq_len), f"sources {mix}"
+
+
+def stream_settings(dataset: str, seq_len: int, seed: int, sources: list[Source]) -> dict:
+    """What sample i of the training stream depends on, by the config key that sets it. A source is
+    known by its name, its share of the weights and its train split's size and tokenizer, not by its
+    path: a moved folder holds the same stream, re-prepared data does not."""
+    total = sum(s.weight for s in sources)
+    described = []
+    for s in sources:
+        manifest = read_manifest(s.path)
+        tokens, tokenizer = manifest["splits"]["train"]["tokens"], manifest["tokenizer"]["sha256"][:12]
+        described.append(f"{s.name} weight {s.weight / total:.6g} ({tokens} train tokens, tokenizer {tokenizer})")
+    settings = {"data.dataset": dataset, "training.seq_len": seq_len, "training.seed": seed}
+    return settings | ({"data.sources": "; ".join(described)} if sources else {})

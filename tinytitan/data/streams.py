@@ -19,6 +19,10 @@ from tinytitan.errors import UserError
 
 
 class Stream(Protocol):
+    # What gives sample i its meaning, keyed by the config keys that set it (sources.stream_settings
+    # fills it in): the loader saves it with its position and refuses a position saved under others.
+    settings: dict
+
     def sample(self, index: int) -> np.ndarray: ...
 
 
@@ -27,6 +31,7 @@ class SampleStream:
         if not shard_paths:
             raise UserError("data: no token shards to read")
         self.shard_paths, self.seq_len, self.seed, self.shuffle = list(shard_paths), seq_len, list(seed), shuffle
+        self.settings: dict = {}
         sizes = [len(tokens) for tokens in self._tokens]
         self._starts = np.cumsum([0] + sizes)  # global offset of each shard's first token
         self.total_tokens = int(self._starts[-1])
@@ -84,6 +89,7 @@ class MixedStream:
 
     def __init__(self, streams: Sequence[Stream], weights: Sequence[float], seed: Sequence[int], names: Sequence[str]):
         self.streams, self.seed = list(streams), list(seed)
+        self.settings: dict = {}
         self.counts = self._counts_per_block(weights, names)
 
     def _counts_per_block(self, weights, names) -> np.ndarray:
@@ -128,6 +134,7 @@ class SyntheticStream:
 
     def __init__(self, vocab_size: int, seq_len: int, seed: Sequence[int]):
         self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, list(seed)
+        self.settings: dict = {}
 
     def sample(self, index: int) -> np.ndarray:
         return np.random.default_rng([*self.seed, index]).integers(0, self.vocab_size, self.seq_len + 1)
