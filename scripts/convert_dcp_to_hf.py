@@ -15,7 +15,10 @@ OUT_DIR receives config.json, generation_config.json, model.safetensors (or shar
 tokenizer.json, tokenizer_config.json and special_tokens_map.json, built so that
 AutoTokenizer gives the same ids as sentencepiece (see tinytitan/hf/tokenizer.py). It is
 written under a temporary name and renamed when complete; an existing OUT_DIR is refused unless
---overwrite. Memory: one shard's tensors at a time.
+--overwrite, which replaces only an earlier export (a folder with config.json and nothing but the
+files listed above) or an empty folder. CKPT_DIR is verified against its manifest.json first (a
+checkpoint written before manifests is read with a note that it is unverified). Memory: one
+shard's tensors at a time.
 """
 
 import argparse
@@ -30,7 +33,13 @@ from tinytitan.files import check_output_folder, folder_bytes, staged_folder
 from tinytitan.hf.folder import parse_size, plan_shards, write_hf_config, write_hf_weights
 from tinytitan.hf.mapping import to_hf_name
 from tinytitan.hf.tokenizer import write_hf_tokenizer
-from tinytitan.model_files import expected_shapes, read_dcp_model, require_tokenizer
+from tinytitan.model_files import (
+    HF_EXPORT_FILES,
+    expected_shapes,
+    read_dcp_model,
+    require_replaceable,
+    require_tokenizer,
+)
 
 FP16_MAX = torch.finfo(torch.float16).max
 
@@ -50,7 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--max-shard-size", default="5GB", help="largest safetensors file before sharding (default: 5GB)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is an earlier export")
     return parser.parse_args(argv)
 
 
@@ -80,6 +89,7 @@ def main(argv: list[str]) -> None:
     checkpoint, out = options.checkpoint.expanduser(), options.out_dir.expanduser()
     max_shard_bytes = parse_size(options.max_shard_size)
     check_output_folder(out, options.overwrite, checkpoint)
+    require_replaceable(out, HF_EXPORT_FILES, "convert_dcp_to_hf.py")
     spec, metadata = read_dcp_model(checkpoint, options.flavor, options.tokenizer)
     tokenizer = require_tokenizer(spec, checkpoint)
     dtype = torch_dtype(options.dtype) if options.dtype else stored_dtype(metadata)

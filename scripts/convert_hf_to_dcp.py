@@ -10,8 +10,10 @@ embeddings): it either matches one of our flavors, which is said, or the model a
 derived from it and saved in OUT_DIR/model_args.json (generate.py and convert_dcp_to_hf.py read
 them; training needs a flavor). The tensors keep their dtype. OUT_DIR is a Distributed Checkpoint
 folder holding only the model, plus model_args.json and the tokenizer.model of HF_DIR if it has
-one; it is written under a temporary name and renamed when complete; an existing OUT_DIR is
-refused unless --overwrite.
+one, and manifest.json (each file's size and CRC-32, verified by every reader); it is written
+under a temporary name and renamed when complete; an existing OUT_DIR is refused unless
+--overwrite, which replaces only an earlier import (a folder with .metadata and nothing but the
+files listed above) or an empty folder.
 """
 
 import argparse
@@ -24,10 +26,12 @@ from tinytitan.dtypes import dtype_name
 from tinytitan.errors import run_entry_point
 from tinytitan.files import check_output_folder, staged_folder
 from tinytitan.model_files import (
+    DCP_IMPORT_FILES,
     MODEL_ARGS_FILE,
     TOKENIZER_FILE,
     matching_flavor,
     read_hf_model,
+    require_replaceable,
     write_model_args_file,
 )
 
@@ -36,7 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("hf_dir", type=Path, metavar="HF_DIR", help="Hugging Face LlamaForCausalLM folder")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="model-only DCP checkpoint to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is an earlier import")
     return parser.parse_args(argv)
 
 
@@ -53,6 +57,7 @@ def main(argv: list[str]) -> None:
     options = parse_args(argv)
     hf_dir, out = options.hf_dir.expanduser(), options.out_dir.expanduser()
     check_output_folder(out, options.overwrite, hf_dir)
+    require_replaceable(out, DCP_IMPORT_FILES, "convert_hf_to_dcp.py")
     args, tensors = read_hf_model(hf_dir)
     flavor = matching_flavor(args)
     tokenizer = checked_tokenizer(hf_dir, args.vocab_size)
@@ -61,6 +66,7 @@ def main(argv: list[str]) -> None:
         write_model_args_file(staging, args, flavor)
         if tokenizer:
             shutil.copyfile(tokenizer, staging / TOKENIZER_FILE)
+        dcp_reader.seal(staging)  # last: the manifest lists every file above
 
     parameters = sum(tensor.numel() for tensor in tensors.values())
     dtypes = "/".join(sorted({dtype_name(t.dtype) for t in tensors.values()}))

@@ -4,7 +4,15 @@ Everything that changes during training is saved: model, optimizer, lr schedule,
 train state (step, tokens seen) and the RNG state. DCP writes each rank's shards, so a checkpoint
 saved by N ranks loads on M ranks (resharding). A checkpoint is written to `step-<N>.tmp` and,
 once every rank has finished, renamed to `step-<N>`: a crash or kill during a save leaves the
-previous checkpoint as the newest one. Resume picks the largest integer N, never by string order.
+previous checkpoint as the newest one. Before the rename each rank checksums the files it wrote
+and rank 0 writes the folder's manifest (dcp_reader). Resume picks the largest integer N, never by
+string order, and verifies it (the ranks share the files): a published checkpoint that is damaged
+stops the run with one line naming the file, rather than being skipped for an older one.
+
+What a run deletes: stale `step-<N>.tmp` folders (saves that never finished), and, for
+`keep_latest_k`, older checkpoints whose files all still have the sizes their manifest lists. A
+folder that fails this (damaged, or written before manifests) is kept and said once, and an
+existing `step-<N>` is never replaced by a new save of step N.
 Model-only checkpoints (exports, converted weights) hold just the "model" entry, under the same
 parameter names, so `checkpoint.initial_load_path` takes either kind.
 """
@@ -27,6 +35,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from tinytitan import dcp_reader
 from tinytitan.config import Checkpoint
+from tinytitan.errors import UserError
 from tinytitan.files import publish_folder
 from tinytitan.parallel import any_rank, is_main_process
 from tinytitan.run_folder import RunFolder
@@ -104,14 +113,11 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _load(state: dict, path: Path, what: str) -> None:
-    dcp_reader.load(state, path, what, "does not fit this model and training state")
-
-
 class Checkpointer:
     def __init__(self, run: RunFolder, config: Checkpoint, states: dict[str, Stateful], cpu_group=None):
         self.run, self.config, self.states, self.cpu_group = run, config, states, cpu_group
         self._pending = None  # (step, future) of an async save not yet published
+        self._kept: set[Path] = set()  # old checkpoints keep_latest_k may not remove, already said
 
     def resume(self) -> int:
         """Load the newest complete checkpoint of the run (returns its step), or else the model of
@@ -124,22 +130,43 @@ class Checkpointer:
             steps = self.run.published_steps()
             if steps:
                 path = self.run.checkpoint(steps[-1])
-                _load(self.states, path, "checkpoint")
+                self._load(self.states, path, "checkpoint")
                 if is_main_process():
                     print(f"resumed from {path}", flush=True)
                 return steps[-1]
         if self.config.initial_load_path:
             path = Path(self.config.initial_load_path).expanduser()
-            _load({"model": self.states["model"]}, path, "checkpoint.initial_load_path")
+            self._load({"model": self.states["model"]}, path, "checkpoint.initial_load_path")
             if is_main_process():
                 print(f"model initialised from {path}", flush=True)
         return 0
+
+    def _load(self, state: dict, path: Path, what: str) -> None:
+        """Verify the folder against its manifest (each rank a share of the files), then load it."""
+        dcp_reader.require_checkpoint(path, what)
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        found = self._gather(dcp_reader.verify(path, what, rank, world_size))
+        if None in found:
+            if is_main_process():
+                print(dcp_reader.unverified_note(path), flush=True)
+        else:
+            dcp_reader.refuse(path, what, [problem for problems in found for problem in problems])
+        dcp_reader.load(state, path, what, "does not fit this model and training state")
+
+    def _gather(self, value) -> list:
+        """`value` of every rank, in rank order (on the gloo group: plain Python objects)."""
+        if not dist.is_initialized():
+            return [value]
+        values = [None] * dist.get_world_size()
+        dist.all_gather_object(values, value, group=self.cpu_group)
+        return values
 
     def due(self, step: int, last_step: int) -> bool:
         return self.config.enable and (step % self.config.interval == 0 or step == last_step)
 
     def save(self, step: int) -> None:
         self.wait()
+        _refuse_to_replace(self.run.checkpoint(step))
         staging = self.run.staging(step)
         if self.config.async_save:
             # Its collectives run on the gloo group: DCP refuses a background save over NCCL alone.
@@ -165,30 +192,56 @@ class Checkpointer:
             self._publish(step)
 
     def _publish(self, step: int) -> None:
-        _barrier()  # every rank has written its shards
+        self._seal(self.run.staging(step))
         if is_main_process():
             publish_folder(self.run.staging(step), self.run.checkpoint(step))
             self._keep_newest()
             print(f"checkpoint saved: {self.run.checkpoint(step)}", flush=True)
         _barrier()
 
+    def _seal(self, staging: Path) -> None:
+        """Once every rank has written its files: each checksums its own, rank 0 writes the manifest."""
+        _barrier()
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        entries = self._gather(dcp_reader.checksums(staging, dcp_reader.files_of_rank(staging, rank)))
+        if is_main_process():
+            dcp_reader.write_manifest(staging, {name: entry for part in entries for name, entry in part.items()})
+
     def _keep_newest(self) -> None:
+        """Remove the older checkpoints beyond keep_latest_k, only those that are whole (see the top)."""
         if self.config.keep_latest_k:
             for step in self.run.published_steps()[: -self.config.keep_latest_k]:
-                shutil.rmtree(self.run.checkpoint(step), ignore_errors=True)
+                path = self.run.checkpoint(step)
+                if dcp_reader.sizes_match(path):
+                    shutil.rmtree(path)
+                elif path not in self._kept:
+                    self._kept.add(path)
+                    print(
+                        f"note: keep_latest_k leaves {path} alone: it has no manifest or does not match it", flush=True
+                    )
 
     def export_model(self, model: torch.nn.Module, step: int, dtype: torch.dtype) -> Path:
         """Save model-only weights in `dtype` to step-<N>-model (same names as the training checkpoint)."""
         weights = {name: tensor.to(dtype) for name, tensor in get_model_state_dict(model).items()}
         final = self.run.export(step)
+        _refuse_to_replace(final)
         staging = final.with_name(f"{final.name}.tmp")  # a stale one is among the run's stale_saves()
         dcp.save({"model": weights}, checkpoint_id=str(staging), no_dist=not dist.is_initialized())
-        _barrier()
+        self._seal(staging)
         if is_main_process():
             publish_folder(staging, final)
             print(f"model exported in {dtype}: {final}", flush=True)
         _barrier()
         return final
+
+
+def _refuse_to_replace(final: Path) -> None:
+    """A step folder that exists was not written by this run's save of that step: keep it."""
+    if final.exists():
+        raise UserError(
+            f"checkpoint {final}: already exists and this run would save step {final.name.split('-')[1]} again; "
+            "refusing to replace it (move it away, or train in another job.name)"
+        )
 
 
 class Preemption:

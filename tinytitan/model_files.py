@@ -10,6 +10,7 @@ for DCP checkpoints and Hugging Face folders alike; and `load_model`. Reading th
 import dataclasses
 import json
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
@@ -36,6 +37,37 @@ class ModelSpec:
     args_from: str  # where the arguments came from, for messages
     tokenizer_path: Path | None
     tokenizer_from: str
+
+
+# What each conversion writes: `--overwrite` replaces only a folder holding these and its marker
+# (the first name), or an empty one, so that it never deletes a folder of something else.
+HF_EXPORT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+DCP_IMPORT_FILES = (".metadata", "*.distcp", MODEL_ARGS_FILE, TOKENIZER_FILE, dcp_reader.MANIFEST_FILE)
+
+
+def require_replaceable(out: Path, files: tuple[str, ...], script: str) -> None:
+    """Refuse to replace an existing `out` that is not empty and not an earlier output of `script`."""
+    out = Path(out).expanduser()
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    marker = files[0]
+    other = sorted(p.name for p in out.iterdir() if not p.is_file() or not any(fnmatch(p.name, f) for f in files))
+    if other or not (out / marker).is_file():
+        held = f"holds {other[0]}" if other else f"has no {marker}"
+        raise UserError(
+            f"output folder {out}: --overwrite replaces only an earlier output of {script} "
+            f"({marker} and the files it writes), but this folder {held}; choose another folder"
+        )
 
 
 def matching_flavor(args: ModelArgs) -> str | None:

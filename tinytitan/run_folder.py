@@ -3,7 +3,7 @@
 <dump_folder>/<job name>/
     config.toml                 the resolved config the run was started with
     tb/                         TensorBoard event files
-    checkpoints/step-<N>/       complete training checkpoints (DCP), newest = largest N
+    checkpoints/step-<N>/       published training checkpoints (DCP, manifest.json), newest = largest N
     checkpoints/step-<N>.tmp/   a save in progress (never resumed from)
     checkpoints/step-<N>-model/ a model-only export of step N
 """
@@ -57,15 +57,14 @@ class RunFolder:
         return self.checkpoints / f"step-{step}-model"
 
     def published_steps(self) -> list[int]:
-        """Steps of the complete checkpoints (those with DCP's .metadata), in increasing order."""
+        """Steps of the published checkpoints (every step-<N>), in increasing order. A save is renamed
+        to step-<N> only once complete, so one that cannot be loaded is damaged: it is listed, for
+        the resume to refuse it by name, never skipped for an older one."""
         if not self.checkpoints.is_dir():
             return []
-        steps = []
-        for path in self.checkpoints.iterdir():
-            match = _STEP.fullmatch(path.name)
-            if match and (path / ".metadata").is_file():
-                steps.append(int(match.group(1)))
-        return sorted(steps)
+        return sorted(
+            int(match.group(1)) for path in self.checkpoints.iterdir() if (match := _STEP.fullmatch(path.name))
+        )
 
     def stale_saves(self) -> list[Path]:
         """Folders of saves that never finished (a kill during a save)."""

@@ -52,7 +52,15 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
     train_state = TrainState()
     states = training_states(model, optimizer, scheduler, loader, train_state)
     checkpointer = Checkpointer(run, config.checkpoint, states, env.cpu_group)
-    checkpointer.resume()
+    if checkpointer.resume() >= t.steps:  # a finished run: nothing to train, save or export
+        if is_main_process():
+            print(
+                f"nothing to train: {run.checkpoint(train_state.step)} is at or past training.steps = {t.steps} "
+                "(raise training.steps to train further)",
+                flush=True,
+            )
+        loader.close()
+        return []
     preemption = Preemption(env.cpu_group)
     tensorboard = run.tensorboard if config.metrics.enable_tensorboard and is_main_process() else None
     logger = MetricsLogger(tensorboard, quiet=not is_main_process())
@@ -76,7 +84,7 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
             values = step_values(all_reduce_sum(loss), grad_norm, lr, throughput, env.device)
             logger.log(step, values)
         if validation and config.validation.eval_freq and step % config.validation.eval_freq == 0:
-            values = evaluate(model, validation, config.validation.eval_steps, t.micro_batch_size, env, precision)
+            values = evaluate(model, validation, config.validation, t.micro_batch_size, env, precision)
             logger.log(step, values)
             throughput.reset()  # evaluation time is not training throughput
         checkpointer.publish_finished()
@@ -122,18 +130,28 @@ def train_step(model, optimizer, scheduler, micro_batches, precision: Precision,
 
 
 @torch.no_grad()
-def evaluate(model, streams, eval_steps: int, micro_batch_size: int, env, precision: Precision):
-    """Mean loss (and perplexity) over eval_steps micro-batches per rank of each validation split."""
+def evaluate(model, streams, validation, micro_batch_size: int, env, precision: Precision):
+    """Mean loss per label (and perplexity) over the first eval_samples samples of each validation
+    split, whatever the number of ranks: rank r takes the r-th of W equal slices, and every rank
+    runs the same number of forwards (FSDP gathers weights in each), with a zero-weight filler once
+    its slice is done."""
+    samples = validation.eval_samples or validation.eval_steps * micro_batch_size
+    first, last = env.rank * samples // env.world_size, (env.rank + 1) * samples // env.world_size
+    forwards = math.ceil(math.ceil(samples / env.world_size) / micro_batch_size)
     model.eval()
     values = {}
     for name, stream in streams.items():
-        loader = DataLoader(stream, micro_batch_size, env.rank, env.world_size, device=env.device)
-        total = torch.zeros((), device=env.device)
-        for _ in range(eval_steps):
-            inputs, labels = next(loader)
+        total, labels_seen = torch.zeros((), device=env.device), torch.zeros((), device=env.device)
+        for index in range(forwards):
+            start = first + index * micro_batch_size
+            rows = range(start, min(start + micro_batch_size, last)) or range(first, first + 1)  # the filler
+            batch = torch.stack([torch.from_numpy(stream.sample(i).astype("int64")) for i in rows]).to(env.device)
+            inputs, labels = batch[:, :-1], batch[:, 1:]
+            count = (labels != IGNORE_INDEX).sum() * (start < last)
             with precision.autocast():
-                total += model(inputs, labels).float()
-        loss = all_reduce_sum(total).item() / (eval_steps * env.world_size)
+                total += model(inputs, labels).float() * count
+            labels_seen += count
+        loss = (all_reduce_sum(total) / all_reduce_sum(labels_seen).clamp(min=1)).item()
         values[f"val/{name}/loss"] = loss
         values[f"val/{name}/perplexity"] = math.exp(min(loss, 50.0))
     model.train()

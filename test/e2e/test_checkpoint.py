@@ -96,7 +96,7 @@ def test_a_damaged_checkpoint_stops_with_one_line_and_is_left_alone(tmp_path, co
     before = sorted(p.name for p in checkpoint.iterdir())
     result = run_command("./run_train.sh", *overrides(tmp_path, corpus_cache), micro_batch(1))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint {checkpoint}: does not fit")
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint {checkpoint}: {shard.name} is missing")
     assert sorted(p.name for p in checkpoint.iterdir()) == before
 
 
