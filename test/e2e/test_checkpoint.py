@@ -100,6 +100,19 @@ def test_a_damaged_checkpoint_stops_with_one_line_and_is_left_alone(tmp_path, co
     assert sorted(p.name for p in checkpoint.iterdir()) == before
 
 
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path, corpus_cache, uninterrupted):
+    """It used to exit 0 without a word (and would have exported again)."""
+    shutil.copytree(uninterrupted / "checkpoints", tmp_path / "debug/checkpoints")
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "debug/checkpoints").rglob("*")) if p.is_file()}
+    result = run_command(
+        "./run_train.sh", *overrides(tmp_path, corpus_cache, "--checkpoint.export_dtype=bfloat16"), micro_batch(1)
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    step = tmp_path / f"debug/checkpoints/step-{STEPS}"
+    assert f"nothing to train: {step} is at or past training.steps = {STEPS}" in result.stdout
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "debug/checkpoints").rglob("*")) if p.is_file()} == before
+
+
 def test_initial_load_of_another_model_is_refused(tmp_path, corpus_cache):
     other = ModelArgs(dim=96, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=4096, ffn_hidden_dim=200)
     dcp.save({"model": build_model(other, "cpu").state_dict()}, checkpoint_id=str(tmp_path / "other"), no_dist=True)
@@ -109,7 +122,10 @@ def test_initial_load_of_another_model_is_refused(tmp_path, corpus_cache):
         micro_batch(1),
     )
     assert result.returncode == 2
-    assert f"error: checkpoint.initial_load_path {tmp_path / 'other'}: does not fit" in result.stderr
+    assert (
+        f"error: checkpoint.initial_load_path {tmp_path / 'other'}: does not fit this model: shape of" in result.stderr
+    )
+    assert "tok_embeddings.weight is (4096, 96) in the checkpoint, (4096, 256) in the model" in result.stderr
     result = run_command(
         "./run_train.sh",
         *overrides(tmp_path, corpus_cache, f"--checkpoint.initial_load_path={tmp_path}"),

@@ -358,5 +358,15 @@ def test_an_existing_output_folder_is_refused_unless_overwrite(trained, awkward_
     check_refused(run_python(IMPORT, str(awkward_folder), str(out), env=ONE_THREAD), "already exists")
     check_refused(run_python(EXPORT, str(trained), str(out), env=ONE_THREAD), "already exists")
     assert [path.name for path in out.iterdir()] == ["keep.txt"]
+    # --overwrite replaces only an earlier output of the same script: never a folder of something else.
+    check_refused(run_python(IMPORT, str(awkward_folder), str(out), "--overwrite", env=ONE_THREAD), "holds keep.txt")
+    check_refused(run_python(EXPORT, str(trained), str(out), "--overwrite", env=ONE_THREAD), "holds keep.txt")
+    assert [path.name for path in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
     check_ok(run_python(IMPORT, str(awkward_folder), str(out), "--overwrite", env=ONE_THREAD))
-    assert (out / ".metadata").is_file() and not (out / "keep.txt").exists() and not leftovers(tmp_path)
+    check_ok(run_python(IMPORT, str(awkward_folder), str(out), "--overwrite", env=ONE_THREAD))  # an earlier import
+    assert (out / ".metadata").is_file() and (out / "manifest.json").is_file() and not leftovers(tmp_path)
+    check_refused(run_python(EXPORT, str(trained), str(out), "--overwrite", env=ONE_THREAD), "holds .metadata")
+    exported = tmp_path / "exported"
+    check_ok(run_python(EXPORT, str(trained), str(exported), env=ONE_THREAD))
+    check_ok(run_python(EXPORT, str(trained), str(exported), "--overwrite", env=ONE_THREAD))  # an earlier export
