@@ -11,6 +11,9 @@
 #   MAX_RESTARTS   times torchrun restarts failed workers, which then resume from the last checkpoint
 # The config is checked first, for the ranks and devices it will run on (python -m tinytitan.config):
 # a mistake is one `error:` line and exit status 2, and nothing is started or written.
+# Exit status: 0 when training finished, or stopped after saving for a preemption notice (SIGTERM or
+# SIGUSR1 to this script); 2 for a mistake of the user's, told in one `error:` line, whether the config
+# check or the workers found it; anything else is a failure, told with its traceback.
 # The first call installs what is missing into .venv (see scripts/bootstrap.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -49,6 +52,8 @@ if [ "$NGPU" = 1 ] && [ "$NNODES" = 1 ] && [ -z "${MAX_RESTARTS:-}" ]; then
   exec "$PYTHON" -m tinytitan.train --job.config_file="$CONFIG_FILE" "$@"
 fi
 
+# What torchrun would set, without its banner about it.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 launch=(--nproc_per_node="$NGPU" --nnodes="$NNODES" --max-restarts="${MAX_RESTARTS:-0}")
 # Workers restarted by torchrun must not share the rendezvous store with the first attempt: it can
 # hand them their predecessors' addresses (pytorch/pytorch#135712).
@@ -61,4 +66,47 @@ else
   : "${MASTER_ADDR:?NNODES=$NNODES: set MASTER_ADDR (and NODE_RANK) or RDZV_ENDPOINT}"
   launch+=(--node_rank="${NODE_RANK:?NNODES=$NNODES: set NODE_RANK}" --master_addr="$MASTER_ADDR" --master_port="${MASTER_PORT:-29500}")
 fi
-exec "$PYTHON" -m torch.distributed.run "${launch[@]}" -m tinytitan.train --job.config_file="$CONFIG_FILE" "$@"
+
+# The workers share torchrun's stderr. It reaches the terminal as it comes, except what a failure
+# writes (a worker's `error:` line or traceback, torchrun's log lines and report), which is held
+# back until torchrun ends: then a user mistake is told once, in one line, with exit status 2, and
+# any other failure (a bug) in full. The training log (stdout) is not held.
+hold_failures() {
+  local line holding=
+  while IFS= read -r line || [ -n "$line" ]; do
+    [[ $line =~ ^(Traceback\ |E[0-9]{4}\ ) ]] && holding=1 # torchrun's report follows to the end
+    if [ -n "$holding" ] || [[ $line =~ ^(error:\ |\[rank[0-9]+\]:\ |[IWEF][0-9]{4}\ |$) ]]; then
+      printf '%s\n' "$line" >>"$held/stderr"
+    else
+      printf '%s\n' "$line" >&2
+    fi
+  done
+}
+# A preemption notice (SIGTERM, SIGUSR1: what a cluster sends before a time limit) goes to the
+# workers themselves, which finish their step, save and exit 0; then torchrun exits 0 as well.
+# (Sent to torchrun, it would stop them after 30 s and exit 1 with a traceback.)
+torchrun=
+forward() { [ -z "$torchrun" ] || pkill "-$1" -P "$torchrun" || true; }
+trap 'forward TERM' TERM
+trap 'forward USR1' USR1
+held=$(mktemp -d)
+trap 'rm -rf "$held"' EXIT
+mkfifo "$held/pipe"
+hold_failures <"$held/pipe" &
+filter=$!
+"$PYTHON" -m torch.distributed.run "${launch[@]}" -m tinytitan.train --job.config_file="$CONFIG_FILE" "$@" \
+  2>"$held/pipe" &
+torchrun=$!
+status=0
+wait "$torchrun" || status=$?
+while [ "$status" -gt 128 ] && kill -0 "$torchrun" 2>/dev/null; do # the wait ended for a signal, not torchrun
+  status=0
+  wait "$torchrun" || status=$?
+done
+wait "$filter" || true
+if [ "$status" != 0 ] && grep -q '^error: ' "$held/stderr" 2>/dev/null; then
+  grep '^error: ' "$held/stderr" | awk '!seen[$0]++' >&2 # each rank's message, once
+  exit 2
+fi
+[ ! -f "$held/stderr" ] || cat "$held/stderr" >&2
+exit "$status"

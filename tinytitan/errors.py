@@ -29,7 +29,9 @@ def run_entry_point(main: Callable[[list[str]], int | None], argv: list[str] | N
     try:
         status = main(sys.argv[1:] if argv is None else argv)
     except UserError as error:
-        message = one_line(error)  # one line, whatever the message held
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        # One line, whatever the message held, in one write: the ranks of a run share stderr, and
+        # run_train.sh tells their common message once.
+        sys.stderr.write(f"error: {one_line(error)}\n")
+        sys.stderr.flush()
         sys.exit(USER_ERROR_EXIT_CODE)
     sys.exit(status or 0)

@@ -1,5 +1,6 @@
 """Several processes on CPU with gloo: FSDP2 on two ranks against one process, two "nodes" on
-loopback, a killed worker restarted by torchrun, and SIGTERM passed on to the workers."""
+loopback, a killed worker restarted by torchrun, and a preemption notice (SIGTERM, SIGUSR1) passed on to
+the workers."""
 
 import os
 import signal
@@ -81,13 +82,18 @@ def test_a_killed_worker_is_restarted_and_resumes_from_the_last_checkpoint(tmp_p
     assert sorted(losses(tmp_path / "debug"))[-1] == 20
 
 
-def test_sigterm_to_torchrun_reaches_the_workers_which_save(tmp_path, corpus_cache):
-    """What a cluster does before a time limit: the signal goes to torchrun, which passes it on."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_preemption_notice_to_the_launcher_saves_and_exits_0(tmp_path, corpus_cache, signum):
+    """What a cluster does before a time limit: the signal goes to run_train.sh, which passes it on
+    to the workers; they save and stop, and the run ends with exit status 0 (SLURM requeues on it),
+    without torchrun's traceback."""
     args = overrides(tmp_path, corpus_cache, "--data.num_workers=0", "--checkpoint.interval=5", "--training.steps=200")
     process = launch(args, ranks=2)
     wait_for_checkpoint(tmp_path / "debug", 5, process, timeout=240)
-    process.send_signal(signal.SIGTERM)  # run_train.sh exec'd torchrun: this is torchrun
+    process.send_signal(signum)
     output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    assert "Traceback" not in output and "SignalException" not in output, output[-3000:]
     assert "preempted: stopping after step" in output
     stopped = int(output.split("preempted: stopping after step ")[1].split()[0])
     assert stopped < 200 and RunFolder(tmp_path / "debug").published_steps()[-1] == stopped
