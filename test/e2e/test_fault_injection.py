@@ -151,7 +151,6 @@ def test_a_damaged_checkpoint_without_manifest_is_named_by_its_shard_file(tmp_pa
     assert checksums(checkpoints) == before
 
 
-@pytest.mark.xfail(reason="torchrun's SignalException: the entry point's part of issue 11 fixes it", strict=False)
 def test_sigterm_to_torchrun_exits_0_without_traceback(preempted):
     returncode, output, _ = preempted
     assert "Traceback" not in output and returncode == 0, output[-3000:]
