@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import platform
 import sys
@@ -170,6 +171,9 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: expected an integer >= 1")
+    for flag, megabytes in (("--megabytes", args.megabytes), ("--sample-megabytes", args.sample_megabytes)):
+        if not 0 < megabytes < math.inf:  # NaN fails too; an infinite corpus would never finish generating
+            raise UserError(f"{flag} {megabytes}: expected a finite number > 0")
     tokenizer_path = find_tokenizer(args.tokenizer)
     tokenizer = Tokenizer(tokenizer_path)
     results = {

@@ -33,6 +33,7 @@ import torch
 if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
+from tinytitan.errors import UserError, run_entry_point  # noqa: E402
 from tinytitan.kernels.cross_entropy import linear_cross_entropy_reference, linear_cross_entropy_triton  # noqa: E402
 from tinytitan.kernels.rmsnorm import rms_norm_reference, rms_norm_triton  # noqa: E402
 from tinytitan.kernels.rotary import rotary_reference, rotary_tables, rotary_triton  # noqa: E402
@@ -223,6 +224,10 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, help="untimed iterations first (default 5; smoke 1)")
     parser.add_argument("--json", type=str, metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
+    if args.iters is not None and args.iters < 1:
+        raise UserError(f"--iters {args.iters}: expected an integer >= 1")
+    if args.warmup is not None and args.warmup < 0:
+        raise UserError(f"--warmup {args.warmup}: expected an integer >= 0")
     args.smoke = args.smoke or not torch.cuda.is_available()
     args.iters = args.iters or (2 if args.smoke else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 5)
@@ -279,4 +284,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)  # a bad argument: one line and exit status 2

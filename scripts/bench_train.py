@@ -66,7 +66,12 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     args.flavor = args.flavor or ("tinyllama_1b" if cuda else "debug")
-    args.seq_len = args.seq_len or (FLAVORS[args.flavor].max_seq_len if args.flavor != "debug" else 256)
+    longest = FLAVORS[args.flavor].max_seq_len
+    if args.seq_len is not None and not 2 <= args.seq_len <= longest:
+        raise UserError(
+            f"--seq-len {args.seq_len}: expected an integer from 2 to {longest}, flavor {args.flavor}'s max_seq_len"
+        )
+    args.seq_len = args.seq_len or (longest if args.flavor != "debug" else 256)
     args.variant = args.variant or (GPU_VARIANTS if cuda else CPU_VARIANTS)
     return args
 
@@ -122,7 +127,7 @@ def run_variant(spec: str, args, log) -> dict:
                 f"--training.steps={args.warmup + args.steps}",
                 "--metrics.log_freq=1",
                 "--metrics.enable_tensorboard=false",
-                "--lr_scheduler.warmup_steps=2",
+                f"--lr_scheduler.warmup_steps={min(2, args.warmup + args.steps - 1)}",  # fewer than the steps
                 f"--job.dump_folder={folder}",
                 "--job.name=bench",
                 *overrides.split(),

@@ -53,6 +53,8 @@ def main(argv: list[str]) -> None:
     options = parse_args(argv)
     if options.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {options.max_new_tokens}: expected 1 or more")
+    if not 0 <= options.seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise UserError(f"--seed {options.seed}: expected an integer from 0 to 2**64 - 1")
     sampling = Sampling(options.temperature, options.top_p)
     device = torch.device(
         "cuda"

@@ -6,6 +6,7 @@ and the reference the cached path is tested against. Sampling draws on the CPU f
 seeded by the caller, so a seed gives the same text on any device (for the same logits).
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +21,10 @@ class Sampling:
     top_p: float = 1.0  # sample from the smallest set of tokens holding this much probability
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise UserError(f"temperature {self.temperature}: expected 0 (greedy) or more")
+        # Written so that NaN fails too: every comparison with NaN is false. An infinite
+        # temperature would flatten every distribution to uniform noise.
+        if not (0 <= self.temperature < math.inf):
+            raise UserError(f"temperature {self.temperature}: expected a finite number >= 0 (0: greedy)")
         if not 0 < self.top_p <= 1:
             raise UserError(f"top-p {self.top_p}: expected a probability in (0, 1]")
 

@@ -12,15 +12,27 @@ from tinytitan.config import JobConfig, help_text
 from tinytitan.config.parser import _type_name
 
 
-@pytest.mark.parametrize("args", [["--training.stepz=3"], ["--training.steps=abc"], ["--job.config_file=BAD"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--training.stepz=3"],
+        ["--training.steps=abc"],
+        ["--job.config_file=BAD"],
+        [f"--training.seed={2**64}"],  # torch.manual_seed's traceback, once the corpus was built
+        ["--training.steps=100", "--lr_scheduler.warmup_steps=100"],  # the decay never reached min_lr
+    ],
+)
 def test_entry_point_prints_one_line_and_exits_2(tmp_path, args):
     bad_file = write_job_file(tmp_path, "[training]\nsteps = -1\n")
     args = [a.replace("BAD", str(bad_file)) for a in args]
-    result = run_python("-m", "tinytitan.train", *args)
+    # Were a mistake missed, the run would go to tmp_path rather than into the checkout.
+    places = [f"--job.dump_folder={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}"]
+    result = run_python("-m", "tinytitan.train", *places, *args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
 
 
 def test_help_lists_every_key_with_type_default_and_doc():

@@ -67,3 +67,19 @@ def test_top_p_keeps_only_the_most_likely_tokens():
     drawn = {choose_token(logits, Sampling(1.0, 0.7), generator) for _ in range(200)}
     assert drawn == {0, 1}  # 0.5 < 0.7, so the second is needed; the 0.8 reached then is enough
     assert choose_token(logits, Sampling(0.0), None) == 0
+
+
+@pytest.mark.parametrize(
+    "temperature, top_p, named",
+    [
+        (float("nan"), 1.0, "temperature nan"),
+        (float("inf"), 1.0, "temperature inf"),
+        (-1.0, 1.0, "temperature -1.0"),
+        (1.0, float("nan"), "top-p nan"),
+        (1.0, float("inf"), "top-p inf"),
+        (1.0, 0.0, "top-p 0.0"),
+    ],
+)
+def test_sampling_settings_that_choose_no_token_are_refused(temperature, top_p, named):
+    with pytest.raises(UserError, match=named):
+        Sampling(temperature, top_p)

@@ -10,6 +10,7 @@ and has no byte limit per file (--max-shard-size); both would bring DCP's errors
 """
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,9 +114,11 @@ def parse_size(text: str) -> int:
     """Bytes from '500MB', '2GB', '1.5GiB' or a plain integer."""
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).upper() not in units or float(match.group(1)) <= 0:
+    unit = match.group(2).upper() if match else None
+    size = float(match.group(1)) * units[unit] if unit in units else math.nan
+    if not 1 <= size < math.inf:  # NaN fails too; so do a fraction of a byte and a number beyond any float
         raise UserError(f"size {text!r}: expected a positive number of bytes, or one with a unit such as 500MB or 2GB")
-    return int(float(match.group(1)) * units[match.group(2).upper()])
+    return int(size)
 
 
 def plan_shards(sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
