@@ -54,3 +54,9 @@ _tt_install_project() {
   [ -n "$extra" ] && target="$root[$extra]"
   "$PYTHON" -m pip --disable-pip-version-check -q install -e "$target"
 }
+
+# Run rather than sourced (`bash scripts/bootstrap.sh --help`): say what it is for, and do nothing.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  echo "usage: source scripts/bootstrap.sh && tt_bootstrap [EXTRA]   (as run_train.sh and run_tests.sh do)"
+  sed -n '1,/^$/s/^# \{0,1\}//p' "$0"
+fi

@@ -12,6 +12,22 @@
 # are carried in .whl/ and installed into /tmp/tinytitan-site first. Without CUDA it dry-runs on
 # the debug model.
 set -uo pipefail
+# Only an output folder is an argument: --help, or any other option, must not become one and start the suite.
+case ${1:-} in
+  -h | --help)
+    echo "usage: scripts/gpu_suite.sh [OUT_DIR]"
+    sed -n '2,/^set /s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    exit 0
+    ;;
+  -*)
+    echo "error: scripts/gpu_suite.sh: unknown option $1: expected an output folder, or --help" >&2
+    exit 2
+    ;;
+esac
+if [ $# -gt 1 ]; then
+  echo "error: scripts/gpu_suite.sh: $# arguments: expected at most one, the output folder (see --help)" >&2
+  exit 2
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT_DIR=${1:-${OUT:-outputs/gpu_suite}}
 PYTHON=${PYTHON:-python3}
