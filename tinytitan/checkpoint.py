@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from tinytitan import dcp_reader
 from tinytitan.config import Checkpoint
-from tinytitan.errors import UserError
+from tinytitan.errors import UserError, filesystem_error
 from tinytitan.files import publish_folder
 from tinytitan.parallel import any_rank, is_main_process
 from tinytitan.run_folder import RunFolder
@@ -175,7 +175,11 @@ class Checkpointer:
             )
             self._pending = (step, future)
             return
-        dcp.save(self.states, checkpoint_id=str(staging), no_dist=not dist.is_initialized())
+        try:
+            dcp.save(self.states, checkpoint_id=str(staging), no_dist=not dist.is_initialized())
+        except BaseException as error:
+            self._save_failed(error, staging)
+            raise
         self._publish(step)
 
     def publish_finished(self) -> None:
@@ -187,9 +191,22 @@ class Checkpointer:
         """Finish and publish an async save still in flight."""
         if self._pending:
             step, future = self._pending
-            future.result()
             self._pending = None
+            try:
+                future.result()
+            except BaseException as error:
+                self._save_failed(error, self.run.staging(step))
+                raise
             self._publish(step)
+
+    @staticmethod
+    def _save_failed(error: BaseException, staging: Path) -> None:
+        """A save that failed (a full disk, say) leaves no half-written folder behind, and says
+        where it failed in one line when the cause is the file system's."""
+        user_error = filesystem_error(error, staging)  # while the folder still fills the disk
+        shutil.rmtree(staging, ignore_errors=True)
+        if user_error:
+            raise user_error from None
 
     def _publish(self, step: int) -> None:
         self._seal(self.run.staging(step))

@@ -27,6 +27,10 @@ def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> No
                 file.flush()
                 os.fsync(file.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        if error.filename is None:  # a failed write (a full disk) names no file: name the one it was for
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     finally:
         temporary.unlink(missing_ok=True)
 
