@@ -69,13 +69,17 @@ def test_two_nodes_on_loopback_train_together(tmp_path, corpus_cache):
     assert sorted(losses(tmp_path / "debug")) == [1, 2, 3, 4]
 
 
+def children(pid, command) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "-P", str(pid), command], capture_output=True, text=True)
+    return [int(child) for child in found.stdout.split()]
+
+
 def test_a_killed_worker_is_restarted_and_resumes_from_the_last_checkpoint(tmp_path, corpus_cache):
     args = overrides(tmp_path, corpus_cache, "--data.num_workers=0", "--checkpoint.interval=5")
     process = launch(args, ranks=2, extra_env={"MAX_RESTARTS": "1"})
     wait_for_checkpoint(tmp_path / "debug", 5, process, timeout=240)
-    workers = subprocess.run(["pgrep", "-f", "-P", str(process.pid), "tinytitan.train"], capture_output=True, text=True)
-    pids = [int(pid) for pid in workers.stdout.split()]
-    assert len(pids) == 2, workers
+    pids = children(children(process.pid, "torch.distributed.run")[0], "tinytitan.train")  # run_train.sh, torchrun
+    assert len(pids) == 2, pids
     os.kill(pids[1], signal.SIGKILL)
     output = finish(process)
     assert "resumed from" in output
