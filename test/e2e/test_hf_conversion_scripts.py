@@ -319,7 +319,7 @@ def test_a_checkpoint_missing_a_rank_shard_is_refused(trained, tmp_path):
     shutil.copytree(trained, checkpoint)
     shutil.copyfile(trained.parent.parent / "config.toml", tmp_path / "debug" / "config.toml")
     (checkpoint / "__1_0.distcp").unlink()
-    check_refused(run_python(EXPORT, str(checkpoint), str(tmp_path / "out"), env=ONE_THREAD), "__1_0.distcp missing")
+    check_refused(run_python(EXPORT, str(checkpoint), str(tmp_path / "out"), env=ONE_THREAD), "__1_0.distcp is missing")
     assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
 
 
