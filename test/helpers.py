@@ -5,6 +5,7 @@ the Hugging Face and data-preparation tests. Test modules import from here, neve
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,6 +117,37 @@ def debug_config(tmp_path, corpus_cache, *overrides):
 
 def micro_batch(ranks: int) -> str:
     return f"--training.micro_batch_size={8 // ranks}"  # the same global batch on any number of ranks
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (children first found, then theirs)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        below = children.get(queue.pop(), [])
+        found += below
+        queue += below
+    return found
+
+
+def kill_run(process: subprocess.Popen) -> None:
+    """SIGKILL a run started by `launch`: its process group, and every process below it, since
+    torchrun starts each worker in a session of its own, which a group kill does not reach (an
+    orphaned worker would go on training and write into the run folder)."""
+    below = descendants(process.pid)
+    os.killpg(process.pid, signal.SIGKILL)
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
 
 
 def launch(args, ranks=1, extra_env=None) -> subprocess.Popen:

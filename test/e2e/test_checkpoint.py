@@ -1,7 +1,6 @@
 """Checkpoints as a user meets them: kill, preempt, resume (also on another number of ranks),
 interrupted saves, damaged or mismatched checkpoints, exports. Runs go through run_train.sh."""
 
-import os
 import shutil
 import signal
 
@@ -11,6 +10,7 @@ import torch.distributed.checkpoint as dcp
 from helpers import (
     STEPS,
     finish,
+    kill_run,
     launch,
     losses,
     micro_batch,
@@ -36,8 +36,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, corpus_cache, unint
     args = overrides(tmp_path, corpus_cache, "--data.num_workers=2")
     process = launch(args)
     wait_for_checkpoint(tmp_path / "debug", 10, process)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_run(process)
     assert RunFolder(tmp_path / "debug").published_steps() == [10], "killed too late to test a resume"
     output = finish(launch(args))
     assert "resumed from" in output and "step-10" in output
@@ -67,8 +66,7 @@ def test_resume_on_another_number_of_ranks_continues_the_run(tmp_path, corpus_ca
     args = overrides(tmp_path, corpus_cache, "--data.num_workers=0")
     process = launch(args, ranks=before)
     wait_for_checkpoint(tmp_path / "debug", 10, process, timeout=240)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_run(process)
     output = finish(launch(args, ranks=after))
     assert "resumed from" in output
     got, expected = losses(tmp_path / "debug"), losses(uninterrupted)

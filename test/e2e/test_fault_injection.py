@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import finish, launch, losses, micro_batch, model_weights, overrides, run_command
+from helpers import finish, kill_run, launch, losses, micro_batch, model_weights, overrides, run_command
 from torch.distributed.checkpoint import FileSystemReader
 
 from tinytitan.dcp_reader import MANIFEST_FILE
@@ -214,8 +214,7 @@ def test_sigkill_during_saves_at_several_moments_resumes_exactly(tmp_path, corpu
         process = launch(args)
         wait_for_path(checkpoints / f"step-{step}.tmp", process)
         time.sleep(delay)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        kill_run(process)
         after = published(checkpoints, step)
         assert {k: after.get(k) for k in before} == before  # what was published before this run is untouched
     output = finish(launch(args))
