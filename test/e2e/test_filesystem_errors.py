@@ -7,7 +7,7 @@ import hashlib
 import subprocess
 
 import pytest
-from helpers import overrides, run_command
+from helpers import overrides, run_command, run_python
 
 from tinytitan.run_folder import RunFolder
 
@@ -64,6 +64,23 @@ def test_a_cache_folder_behind_a_file_is_one_line(tmp_path, corpus_cache):
     (tmp_path / "a-file").write_text("in the way")
     result = train(tmp_path / "outputs", corpus_cache, f"--data.cache_dir={tmp_path / 'a-file/cache'}")
     assert_one_error_line(result, str(tmp_path / "a-file"), "not a folder")
+    assert (tmp_path / "a-file").read_text() == "in the way"
+
+
+@pytest.mark.parametrize("where, why", [("/proc/tinytitan-test", "no such file"), ("a-file/prepared", "not a folder")])
+def test_a_data_preparation_output_that_cannot_be_written_is_one_line(tmp_path, tokenizer, where, why):
+    (tmp_path / "a-file").write_text("in the way")
+    (tmp_path / "corpus.jsonl").write_text('{"text": "a document to prepare"}\n')
+    output = tmp_path / where  # an absolute `where` stays as it is
+    result = run_python(
+        "scripts/prepare_data.py",
+        str(tmp_path / "corpus.jsonl"),
+        "--output",
+        str(output),
+        "--tokenizer",
+        str(tokenizer.path),
+    )
+    assert_one_error_line(result, str(output), why)
     assert (tmp_path / "a-file").read_text() == "in the way"
 
 
