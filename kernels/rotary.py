@@ -9,19 +9,55 @@ writes a contiguous result. Its backward is the transposed rotation, which for t
 halves share each frequency) is the same rotation with sin negated.
 """
 
+import math
+
 import torch
 from torch import Tensor
 
 from ._common import check_same_device, check_shape, check_tensor, jit, last_dim_contiguous, require_triton, tl, triton
 
 
-def rotary_tables(head_dim: int, max_seq_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape [max_seq_len, head_dim], float32, each frequency repeated for both halves."""
+def rotary_tables(
+    head_dim: int, max_seq_len: int, theta: float, device=None, scaling=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape [max_seq_len, head_dim], float32, each frequency repeated for both halves.
+    `scaling` (a ModelArgs, or anything with its rope_scaling_* fields) rescales the frequencies."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    if scaling is not None:
+        inv_freq = scaled_inv_freq(inv_freq, scaling)
     positions = torch.arange(max_seq_len, device=device, dtype=torch.float32)
     angles = torch.outer(positions, inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos(), angles.sin()
+
+
+def model_rotary_tables(args, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables of a model's arguments (ModelArgs): what the model, and every loader, uses."""
+    return rotary_tables(args.head_dim, args.max_seq_len, args.rope_theta, device=device, scaling=args)
+
+
+def scaled_inv_freq(inv_freq: torch.Tensor, args) -> torch.Tensor:
+    """The frequencies under RoPE scaling, as Hugging Face defines each kind.
+
+    linear: every frequency divided by the factor (the same as dividing the positions by it).
+    llama3: by wavelength 2*pi/f against the original context length L: waves longer than
+    L/low_freq_factor are slowed by the factor, waves shorter than L/high_freq_factor kept, and
+    those between interpolated: f * ((1 - s)/factor + s) with s = (L/wavelength - low)/(high - low),
+    which runs from 0 at the long end to 1 at the short end."""
+    kind, factor = args.rope_scaling_type, args.rope_scaling_factor
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / factor
+    if kind != "llama3":
+        raise ValueError(f"rope scaling {kind!r}: expected default, linear or llama3")
+    low, high, context = args.rope_low_freq_factor, args.rope_high_freq_factor, args.rope_original_max_seq_len
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (context / wavelength - low) / (high - low)
+    interpolated = inv_freq * ((1 - smooth) / factor + smooth)
+    slowed = torch.where(wavelength > context / low, inv_freq / factor, inv_freq)
+    between = (wavelength >= context / high) & (wavelength <= context / low)
+    return torch.where(between, interpolated, slowed)
 
 
 def rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

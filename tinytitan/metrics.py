@@ -1,8 +1,9 @@
 """Throughput, model FLOPs utilisation, memory, and the log line (printed, and as TensorBoard scalars).
 
 FLOPs per token (forward + backward) = 6 * N + 12 * L * d * T, where N counts every parameter
-except the input embedding (a lookup, not a matmul), L is the number of layers, d the model
-dimension and T the sequence length (the attention score and value matmuls). For TinyLlama-1.1B
+except the input embedding (a lookup, not a matmul; a tied embedding is the output projection, so
+it is counted, once), L is the number of layers, d the attention width (n_heads x head_dim) and T
+the sequence length (the attention score and value matmuls). For TinyLlama-1.1B
 at T = 2048 that is 7.31 GFLOP per token. MFU divides the achieved FLOP rate by the device's
 dense bf16 peak from the table below; on an unknown device or on CPU no MFU is reported.
 """
@@ -37,7 +38,7 @@ PEAK_BF16_FLOPS = [
 
 
 def flops_per_token(args: ModelArgs, num_params_without_embedding: int, seq_len: int) -> float:
-    return 6 * num_params_without_embedding + 12 * args.n_layers * args.dim * seq_len
+    return 6 * num_params_without_embedding + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
 
 
 def peak_flops_of(device_name: str) -> float | None:

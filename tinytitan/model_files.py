@@ -21,7 +21,7 @@ from tinytitan.data.builtin_corpus import corpus_folder
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
 from tinytitan.hf.folder import is_hf_folder, read_hf_folder
-from tinytitan.kernels.rotary import rotary_tables
+from tinytitan.kernels.rotary import model_rotary_tables
 from tinytitan.models.args import FLAVORS, ModelArgs
 from tinytitan.models.llama import Transformer
 from tinytitan.run_folder import RunFolder
@@ -205,7 +205,7 @@ def read_hf_model(folder: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
 
 def _set_rotary_tables(model: Transformer, device) -> None:
     """The rotary tables are derived, never saved: compute them (in float32, as training does)."""
-    cos, sin = rotary_tables(model.args.head_dim, model.args.max_seq_len, model.args.rope_theta, device=device)
+    cos, sin = model_rotary_tables(model.args, device=device)
     model.rope_cos, model.rope_sin = cos, sin
 
 

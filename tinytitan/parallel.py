@@ -133,12 +133,17 @@ def apply_compile(model: Transformer) -> None:
 
 
 def apply_fsdp(model: Transformer, mesh: DeviceMesh, policy: MixedPrecisionPolicy, reshard_after_forward: bool):
-    """fully_shard each block, then the embedding, then norm + output together, then the root."""
+    """fully_shard each block, then the embedding, then norm + output together, then the root.
+
+    A tied embedding is left to the root's group: it is sharded once, gathered at the start of the
+    forward and kept gathered (FSDP never reshards the root after forward) until the output head,
+    which receives it from the root's forward, and its gradient (lookup + projection) is reduced once."""
     mesh = mesh if mesh.size(0) > 1 else mesh["dp_shard"]  # HSDP when replicated
     options = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": reshard_after_forward}
     for block in model.layers.values():
         fully_shard(block, **options)
-    fully_shard(model.tok_embeddings, **options)
+    if not model.args.tie_embeddings:
+        fully_shard(model.tok_embeddings, **options)
     fully_shard([model.norm, model.output], **options)
     fully_shard(model, **options)
     for module in model.modules():

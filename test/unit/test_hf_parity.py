@@ -1,5 +1,7 @@
 """Our Llama against Hugging Face transformers' LlamaForCausalLM on the same weights."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -42,8 +44,51 @@ def random_model(args: ModelArgs, seed: int):
 def hf_model(args: ModelArgs, state_dict, attention: str):
     config = transformers.LlamaConfig(**to_hf_config(args), attn_implementation=attention)
     model = transformers.LlamaForCausalLM(config).eval()
-    model.load_state_dict(to_hf_state_dict(state_dict), strict=True)
+    hf_state = to_hf_state_dict(state_dict)
+    if args.tie_embeddings:  # transformers' own state dict names the tied weight twice
+        assert "lm_head.weight" not in hf_state
+        hf_state["lm_head.weight"] = hf_state["model.embed_tokens.weight"]
+    model.load_state_dict(hf_state, strict=True)
+    if args.tie_embeddings:
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied by transformers
     return model
+
+
+# Every shape option, each against transformers' own reading of the config.json we write.
+VARIANTS = {
+    "tied": dataclasses.replace(ARGS, tie_embeddings=True),
+    "linear_scaling": dataclasses.replace(ARGS, rope_scaling_type="linear", rope_scaling_factor=4.0),
+    "llama3_scaling": dataclasses.replace(
+        ARGS,
+        rope_theta=500000.0,
+        rope_scaling_type="llama3",
+        rope_scaling_factor=8.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
+        rope_original_max_seq_len=16,  # short, so that all three frequency bands occur at head_dim 16
+    ),
+    "theta_500000": dataclasses.replace(ARGS, rope_theta=500000.0),
+    "head_dim_24": dataclasses.replace(ARGS, head_dim=24),
+    "one_kv_head": dataclasses.replace(ARGS, n_kv_heads=1),
+    "kv_heads_equal_heads": dataclasses.replace(ARGS, n_kv_heads=6),
+    "odd_vocabulary": dataclasses.replace(ARGS, vocab_size=1009),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_float32_logits_match_transformers_for_every_shape_option(variant):
+    args = VARIANTS[variant]
+    ours = random_model(args, 7)
+    theirs = hf_model(args, ours.state_dict(), "eager")
+    assert from_hf_config(theirs.config.to_dict()) == args  # transformers' config reads back to the same shape
+    tokens = torch.randint(0, args.vocab_size, (2, 64), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = theirs(tokens).logits
+        got = ours(tokens)
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert expected.abs().max().item() > 0.1
+    back = from_hf_state_dict(theirs.state_dict(), tied=args.tie_embeddings)
+    assert set(back) == set(ours.state_dict())
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -79,12 +124,10 @@ def test_config_round_trips_through_a_transformers_config():
     "config, message",
     [
         ({"model_type": "mistral"}, "model_type='mistral': expected 'llama'"),
-        ({"model_type": "llama", "tie_word_embeddings": True}, "untied output head"),
         ({"model_type": "llama", "hidden_size": 64}, "no 'num_attention_heads'"),
-        ({**to_hf_config(ARGS), "head_dim": 32}, "head_dim=32: expected"),
+        ({**to_hf_config(ARGS), "head_dim": 15}, "head_dim=15: expected a positive even integer"),
+        ({**to_hf_config(ARGS), "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "has no 'low_freq_factor'"),
         ({**to_hf_config(ARGS), "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
-        # transformers 4's older spelling of the kind, beside a plain rope_parameters table
-        ({**to_hf_config(ARGS), "rope_scaling": {"type": "linear", "factor": 2.0}}, "rope type 'linear'"),
         (
             {**to_hf_config(ARGS), "rope_parameters": {"rope_type": "default"}, "rope_scaling": {"type": "dynamic"}},
             "rope type 'dynamic'",

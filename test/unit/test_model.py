@@ -153,5 +153,5 @@ def test_too_long_sequences_and_bad_arguments_are_refused():
         model(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(UserError, match="n_heads divisible by n_kv_heads"):
         ModelArgs(dim=96, n_layers=1, n_heads=6, n_kv_heads=4, vocab_size=10, ffn_hidden_dim=10)
-    with pytest.raises(UserError, match="heads of even size"):
+    with pytest.raises(UserError, match="head_dim=15: expected a positive even integer"):
         ModelArgs(dim=90, n_layers=1, n_heads=6, n_kv_heads=6, vocab_size=10, ffn_hidden_dim=10)

@@ -9,7 +9,7 @@ import re
 import torch
 
 from tinytitan.errors import UserError
-from tinytitan.models.args import ModelArgs
+from tinytitan.models.args import ROPE_SCALING_TYPES, ModelArgs
 
 # Names outside the transformer blocks.
 _TOP_LEVEL = {
@@ -59,10 +59,15 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return {to_hf_name(name): tensor for name, tensor in state_dict.items()}
 
 
-def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # transformers derives the rotary tables; older checkpoints saved them, and we derive ours too.
+def from_hf_state_dict(state_dict: dict[str, torch.Tensor], tied: bool = False) -> dict[str, torch.Tensor]:
+    """Our names for a LlamaForCausalLM state dict. transformers derives the rotary tables (older
+    checkpoints saved them) and we derive ours too; with tied embeddings lm_head.weight, when a
+    file holds it, is the embedding again, which our state dict holds once (tok_embeddings.weight)."""
+    dropped = ("lm_head.weight",) if tied else ()
     return {
-        from_hf_name(name): tensor for name, tensor in state_dict.items() if not name.endswith("rotary_emb.inv_freq")
+        from_hf_name(name): tensor
+        for name, tensor in state_dict.items()
+        if not name.endswith("rotary_emb.inv_freq") and name not in dropped
     }
 
 
@@ -84,31 +89,58 @@ def to_hf_config(args: ModelArgs, bos_id: int = 1, eos_id: int = 2) -> dict:
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": args.tie_embeddings,
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
-    }
+    } | _rope_scaling_fields(args)
 
 
-def _rope_theta(config: dict) -> float:
-    """The rotary base of a config.json, refusing any RoPE scaling (which ModelArgs cannot express).
-    transformers 5 writes `rope_parameters` (with `rope_type` and `rope_theta`); transformers 4
-    wrote `rope_scaling`, whose older files spell the kind `type` rather than `rope_type`."""
+def _rope_scaling_fields(args: ModelArgs) -> dict:
+    """RoPE scaling as both versions of transformers read it: `rope_scaling` (4) and
+    `rope_parameters` (5, which also holds rope_theta); nothing for plain rotary embeddings."""
+    if args.rope_scaling_type == "default":
+        return {}
+    table = {"rope_type": args.rope_scaling_type, "factor": args.rope_scaling_factor}
+    if args.rope_scaling_type == "llama3":
+        table |= {
+            "low_freq_factor": args.rope_low_freq_factor,
+            "high_freq_factor": args.rope_high_freq_factor,
+            "original_max_position_embeddings": args.rope_original_max_seq_len,
+        }
+    return {"rope_scaling": table, "rope_parameters": table | {"rope_theta": args.rope_theta}}
+
+
+def _rope_fields(config: dict) -> dict:
+    """The rotary base and scaling of a config.json as ModelArgs fields. transformers 5 writes
+    `rope_parameters` (with `rope_type` and `rope_theta`); transformers 4 wrote `rope_scaling`, whose
+    older files spell the kind `type` rather than `rope_type`. Kinds ModelArgs cannot express
+    (dynamic, yarn, ...) are refused by ModelArgs itself, in one line."""
     tables = [table for table in (config.get("rope_parameters"), config.get("rope_scaling")) if table]
-    for table in tables:
-        kind = table.get("rope_type", table.get("type", "default"))
-        if kind not in ("default", None):
-            raise UserError(f"config rope type {kind!r}: only plain rotary embeddings are supported")
     theta = next((table["rope_theta"] for table in tables if "rope_theta" in table), None)
-    return float(theta if theta is not None else config.get("rope_theta", 10000.0))
+    fields = {"rope_theta": float(theta if theta is not None else config.get("rope_theta", 10000.0))}
+    scaled = [table for table in tables if (table.get("rope_type", table.get("type")) or "default") != "default"]
+    if not scaled:
+        return fields
+    table = scaled[0]
+    kind = fields["rope_scaling_type"] = table.get("rope_type", table.get("type"))
+    if kind not in ROPE_SCALING_TYPES:
+        exact = " (its tables change with the sequence length)" if kind == "dynamic" else ""
+        raise UserError(f"config rope type {kind!r}{exact}: expected one of {', '.join(ROPE_SCALING_TYPES)}")
+    try:
+        fields["rope_scaling_factor"] = float(table["factor"])
+        if kind == "llama3":
+            fields["rope_low_freq_factor"] = float(table["low_freq_factor"])
+            fields["rope_high_freq_factor"] = float(table["high_freq_factor"])
+            fields["rope_original_max_seq_len"] = table["original_max_position_embeddings"]
+    except KeyError as missing:
+        raise UserError(f"config rope type {kind!r} has no {missing.args[0]!r}: expected it with this kind") from None
+    return fields
 
 
 def from_hf_config(config: dict) -> ModelArgs:
     """ModelArgs from a LlamaForCausalLM config.json dict (unknown extras are ignored)."""
     if config.get("model_type") != "llama":
         raise UserError(f"config model_type={config.get('model_type')!r}: expected 'llama'")
-    if config.get("tie_word_embeddings", False):
-        raise UserError("config tie_word_embeddings=true: expected an untied output head, as in Llama 2")
     # Llama variants that ModelArgs cannot describe are refused rather than imported wrong.
     if config.get("hidden_act", "silu") != "silu":
         raise UserError(f"config hidden_act={config['hidden_act']!r}: expected 'silu' (SwiGLU)")
@@ -125,12 +157,11 @@ def from_hf_config(config: dict) -> ModelArgs:
             vocab_size=config["vocab_size"],
             ffn_hidden_dim=config["intermediate_size"],
             norm_eps=config.get("rms_norm_eps", 1e-5),
-            rope_theta=_rope_theta(config),
             max_seq_len=config.get("max_position_embeddings", 2048),
+            head_dim=config.get("head_dim") or 0,  # absent or null: hidden_size / num_attention_heads
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            **_rope_fields(config),
         )
     except KeyError as missing:
         raise UserError(f"config has no {missing.args[0]!r}: expected a LlamaForCausalLM config") from None
-    head_dim = config.get("head_dim")
-    if head_dim is not None and head_dim != args.head_dim:
-        raise UserError(f"config head_dim={head_dim}: expected hidden_size/num_attention_heads={args.head_dim}")
     return args

@@ -194,19 +194,26 @@ class TransformerBlock(nn.Module):
         self.feed_forward.init_weights(init_std, out_std)
 
 
-class OutputHead(nn.Linear):
+class OutputHead(nn.Module):
     """The output projection, which also computes the loss when given labels. The loss is taken
     inside this module's forward so that, when FSDP shards the weight, it is the gathered weight
-    that the fused kernel sees (and the [tokens, vocab] logits need never exist)."""
+    that the fused kernel sees (and the [tokens, vocab] logits need never exist).
 
-    def __init__(self, dim: int, vocab_size: int, kernels: Kernels):
-        super().__init__(dim, vocab_size, bias=False)
+    With tied embeddings it owns no weight: the model passes the embedding's (gathered) weight in,
+    so the state dict holds that tensor once, as tok_embeddings.weight."""
+
+    def __init__(self, dim: int, vocab_size: int, kernels: Kernels, tied: bool = False):
+        super().__init__()
         self.kernels = kernels
+        self.weight = None if tied else nn.Parameter(torch.empty(vocab_size, dim))
 
-    def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, labels: torch.Tensor | None = None, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        weight = self.weight if weight is None else weight
         if labels is None:
-            return super().forward(h)
-        return self.kernels.linear_cross_entropy(h.flatten(0, -2), self.weight, labels.flatten())
+            return F.linear(h, weight)
+        return self.kernels.linear_cross_entropy(h.flatten(0, -2), weight, labels.flatten())
 
 
 class Transformer(nn.Module):
@@ -218,9 +225,9 @@ class Transformer(nn.Module):
         # A dict keyed by layer index keeps parameter names stable when layers are wrapped or split.
         self.layers = nn.ModuleDict({str(i): TransformerBlock(args, chosen) for i in range(args.n_layers)})
         self.norm = RMSNorm(args.dim, args.norm_eps, chosen)
-        self.output = OutputHead(args.dim, args.vocab_size, chosen)
+        self.output = OutputHead(args.dim, args.vocab_size, chosen, tied=args.tie_embeddings)
         # Derived from the arguments, so not saved in checkpoints (persistent=False).
-        cos, sin = rotary.rotary_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+        cos, sin = rotary.model_rotary_tables(args)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -237,12 +244,14 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         for name, layer in self.layers.items():
             h = layer(h, cos, sin, cache.layers[int(name)] if cache is not None else None)
-        return self.output(self.norm(h), labels)
+        tied = self.tok_embeddings.weight if self.args.tie_embeddings else None
+        return self.output(self.norm(h), labels, tied)
 
     @torch.no_grad()
     def init_weights(self):
         """TinyLlama's initialisation: N(0, sqrt(2/(5*dim))) everywhere, except the output
-        projections of attention and MLP at N(0, 1/sqrt(dim)/n_layers) and the norms at 1.
+        projections of attention and MLP at N(0, 1/sqrt(dim)/n_layers) and the norms at 1. A tied
+        embedding/output weight is drawn once, at sqrt(2/(5*dim)) as both would be untied.
         Draws from the default generator, so seed it first for a reproducible start."""
         init_std = math.sqrt(2.0 / (5 * self.args.dim))
         out_std = 1.0 / math.sqrt(self.args.dim) / self.args.n_layers
@@ -250,10 +259,9 @@ class Transformer(nn.Module):
         for layer in self.layers.values():
             layer.init_weights(init_std, out_std)
         self.norm.init_weights()
-        nn.init.normal_(self.output.weight, mean=0.0, std=init_std)
-        cos, sin = rotary.rotary_tables(
-            self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=self.rope_cos.device
-        )
+        if self.output.weight is not None:
+            nn.init.normal_(self.output.weight, mean=0.0, std=init_std)
+        cos, sin = rotary.model_rotary_tables(self.args, device=self.rope_cos.device)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
@@ -268,7 +276,9 @@ def build_model(args: ModelArgs, device: torch.device | str, kernels: str = "tor
 
 
 def count_parameters(model: nn.Module, exclude_embedding: bool = False) -> int:
+    """Every parameter once (a tied embedding is the output head too). `exclude_embedding` leaves
+    out the embedding's lookup table, but not a tied one: that is also the output projection."""
     total = sum(p.numel() for p in model.parameters())
-    if exclude_embedding:
+    if exclude_embedding and not model.args.tie_embeddings:
         total -= model.tok_embeddings.weight.numel()
     return total
