@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from tinytitan.config import load_config
+from tinytitan.config import load_config, model_args
 from tinytitan.errors import UserError, run_entry_point
 from tinytitan.metrics import PEAK_BF16_FLOPS, flops_per_token, peak_flops_of
 from tinytitan.models.llama import FLAVORS, Transformer, count_parameters
@@ -87,7 +87,7 @@ def run_baseline(config, warmup: int, steps: int) -> list[dict]:
     from tinytitan.optim import build_optimizer
     from tinytitan.parallel import select_device
 
-    device, args = select_device(config.training.device), FLAVORS[config.model.flavor]
+    device, args = select_device(config.training.device), model_args(config.model)
     torch.manual_seed(config.training.seed)
     hf_config = transformers.LlamaConfig(**to_hf_config(args), attn_implementation="sdpa")
     model = transformers.LlamaForCausalLM(hf_config).to(device).train()

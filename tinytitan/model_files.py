@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from tinytitan import dcp_reader
-from tinytitan.config import Data, JobConfig, load_config
+from tinytitan.config import Data, JobConfig, load_config, model_args
 from tinytitan.data.builtin_corpus import corpus_folder
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
@@ -118,8 +118,8 @@ def describe_checkpoint(checkpoint: Path, flavor: str | None = None, tokenizer: 
     if flavor:
         args, args_from = flavor_args(flavor, "--flavor"), f"flavor {flavor!r} from --flavor"
     elif run:
-        flavor = run[1].model.flavor
-        args, args_from = flavor_args(flavor, f"{run[0]}: model.flavor"), f"flavor {flavor!r} from {run[0]}"
+        args, flavor = model_args(run[1].model), matching_flavor(model_args(run[1].model))  # as training resolved it
+        args_from = f"flavor {run[1].model.flavor!r} and the [model] keys from {run[0]}"
     elif args_file.is_file():
         args, flavor = read_model_args_file(args_file)
         args_from = (f"flavor {flavor!r}" if flavor else "model arguments") + f" from {args_file}"

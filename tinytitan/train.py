@@ -11,15 +11,26 @@ import time
 import torch
 
 from tinytitan.checkpoint import Checkpointer, Preemption, TrainState, training_states
-from tinytitan.config import JobConfig, accumulation_steps, check_runtime, help_text, load_config, to_toml, wants_help
+from tinytitan.config import (
+    JobConfig,
+    accumulation_steps,
+    check_runtime,
+    describe_shape,
+    help_text,
+    load_config,
+    model_args,
+    to_toml,
+    wants_help,
+    with_shape,
+)
 from tinytitan.data.loader import DataLoader
-from tinytitan.data.sources import build_streams
+from tinytitan.data.sources import build_streams, tokenizer_vocab_size
 from tinytitan.dtypes import torch_dtype
 from tinytitan.errors import run_entry_point
 from tinytitan.files import atomic_write_text
 from tinytitan.kernels.cross_entropy import IGNORE_INDEX
 from tinytitan.metrics import MetricsLogger, Throughput, step_values
-from tinytitan.models.llama import FLAVORS, build_model, count_parameters, select_kernels
+from tinytitan.models.llama import build_model, count_parameters, select_kernels
 from tinytitan.optim import build_lr_scheduler, build_optimizer
 from tinytitan.parallel import Precision, all_reduce_sum, is_main_process, main_process_first, parallel_env, parallelize
 from tinytitan.run_folder import RunFolder
@@ -35,14 +46,15 @@ def train(config: JobConfig) -> list[dict[str, float]]:
 
 
 def _train(config: JobConfig, env) -> list[dict[str, float]]:
-    t, args = config.training, FLAVORS[config.model.flavor]
-    run = RunFolder.of_job(config.job.dump_folder, config.job.name)
+    t, run = config.training, RunFolder.of_job(config.job.dump_folder, config.job.name)
+    with main_process_first():  # rank 0 prepares the built-in corpus once
+        args = model_args(config.model, tokenizer_vocab_size(config.data))  # vocab_size 0: the tokenizer's
+        stream, validation, data_summary = build_streams(config.data, args.vocab_size, t.seq_len, t.seed)
+    config.model = with_shape(config.model, args)  # the saved config.toml says the shape itself
     if is_main_process():
         run.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, to_toml(config))
         print(f"resolved config (saved to {run.config}):\n{to_toml(config)}", flush=True)
-    with main_process_first():  # rank 0 prepares the built-in corpus once
-        stream, validation, data_summary = build_streams(config.data, args.vocab_size, t.seq_len, t.seed)
     accumulation, precision = accumulation_steps(t, env.world_size), Precision.of(t.mixed_precision, env.device)
     torch.manual_seed(t.seed)  # the full model, initialised alike on every rank: any number of ranks starts alike
     model = build_model(args, env.device, select_kernels(config.model.kernels, env.device))
@@ -68,7 +80,8 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
     throughput = Throughput.of(model, t.seq_len, env.device)
     if is_main_process():
         print(
-            f"model {config.model.flavor}: {count_parameters(model):,} parameters, {model.kernels_name} kernels, "
+            f"model {config.model.flavor} ({describe_shape(args)}): {count_parameters(model):,} parameters, "
+            f"{model.kernels_name} kernels, "
             f"{env.world_size} rank(s) on {env.device.type}; data: {data_summary}; {accumulation} micro-steps of "
             f"{t.micro_batch_size} x {t.seq_len} tokens per rank per step",
             flush=True,

@@ -83,7 +83,7 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
         ("[training]\nsteps = 0\n", [], ["job.toml", "training.steps = 0", "expected an integer >= 1"]),
         ("[optimizer]\nlr = 0.0\n", [], ["job.toml", "optimizer.lr = 0.0", "expected a number > 0.0"]),
         ("[optimizer]\nbeta2 = 1.0\n", [], ["optimizer.beta2 = 1.0", "< 1.0"]),
-        ('[model]\nflavor = "huge"\n', [], ['model.flavor = "huge"', "one of 'debug', 'tinyllama_1b'"]),
+        ('[model]\nflavor = "huge"\n', [], ['model.flavor = "huge"', "one of 'debug', 'llama_20m'"]),
         ("[training]\n[training.nested]\nx = 1\n", [], ["training.nested", "expected a value, got a table"]),
         ("steps = 3\n", [], ["top-level key 'steps'", "expected a [section] table"]),
         ("[training\n", [], ["job.toml", "not valid TOML"]),

@@ -53,7 +53,34 @@ class Job:
 
 @dataclass
 class Model:
-    flavor: str = option("debug", "named model size", choices=tuple(FLAVORS))
+    flavor: str = option(
+        "debug", "named model size: the starting point the keys below override", choices=tuple(FLAVORS)
+    )
+    # Each shape key overrides the flavor's argument of the same name; 0 or "" keeps the flavor's.
+    dim: int = option(0, "model width (0: the flavor's)", min=0)
+    n_layers: int = option(0, "transformer blocks (0: the flavor's)", min=0)
+    n_heads: int = option(0, "query heads (0: the flavor's)", min=0)
+    n_kv_heads: int = option(0, "key/value heads, dividing n_heads (0: the flavor's)", min=0)
+    head_dim: int = option(0, "size of a head, even (0: dim / n_heads)", min=0)
+    ffn_hidden_dim: int = option(0, "SwiGLU hidden size (0: the flavor's)", min=0)
+    vocab_size: int = option(
+        0, "embedding rows, at least the tokenizer's (0: the tokenizer's; the flavor's for synthetic data)", min=0
+    )
+    norm_eps: float = option(0.0, "RMSNorm epsilon (0: the flavor's)", min=0.0)
+    rope_theta: float = option(0.0, "rotary base (0: the flavor's)", min=0.0)
+    max_seq_len: int = option(0, "longest sequence, the rotary tables' length (0: the flavor's)", min=0)
+    tie_embeddings: bool = option(False, "the output head is the embedding's weight (the flavors are untied)")
+    rope_scaling_type: str = option(
+        "", 'RoPE scaling as in Hugging Face\'s config: "default", "linear" or "llama3" ("": the flavor\'s)'
+    )
+    rope_scaling_factor: float = option(
+        0.0, "linear/llama3: the factor the context is stretched by (0: the flavor's)", min=0.0
+    )
+    rope_low_freq_factor: float = option(0.0, "llama3: low_freq_factor (0: the flavor's, 1)", min=0.0)
+    rope_high_freq_factor: float = option(0.0, "llama3: high_freq_factor (0: the flavor's, 4)", min=0.0)
+    rope_original_max_seq_len: int = option(
+        0, "llama3: original_max_position_embeddings (0: the flavor's, 8192)", min=0
+    )
     kernels: str = option(
         "auto",
         "RMSNorm, rotary, SwiGLU and loss: fused Triton kernels or plain PyTorch; auto: triton on CUDA, torch on CPU",

@@ -106,6 +106,18 @@ def resolve_sources(data: Data) -> tuple[list[Source], Tokenizer | None]:
     return sources, Tokenizer(data.tokenizer_path) if data.tokenizer_path else None
 
 
+def tokenizer_vocab_size(data: Data) -> int | None:
+    """The vocabulary of the tokenizer the data was made with (model.vocab_size = 0 takes it): the
+    named or built-in tokenizer's, else the largest the sources' manifests record; None for
+    synthetic tokens, which have no tokenizer."""
+    if data.dataset == "synthetic":
+        return None
+    sources, tokenizer = resolve_sources(data)
+    if tokenizer is not None:
+        return tokenizer.vocab_size
+    return max(read_manifest(source.path)["tokenizer"]["vocab_size"] for source in sources)
+
+
 def build_streams(data: Data, vocab_size: int, seq_len: int, seed: int) -> tuple[Stream, dict[str, SampleStream], str]:
     """The global training stream, each source's validation stream, and a few words on them."""
     if data.dataset == "synthetic":
