@@ -14,7 +14,10 @@ What a run deletes: stale `step-<N>.tmp` folders (saves that never finished), an
 folder that fails this (damaged, or written before manifests) is kept and said once, and an
 existing `step-<N>` is never replaced by a new save of step N.
 Model-only checkpoints (exports, converted weights) hold just the "model" entry, under the same
-parameter names, so `checkpoint.initial_load_path` takes either kind.
+parameter names, so `checkpoint.initial_load_path` takes either kind. Every checkpoint and export
+also holds the model's arguments (model_files.MODEL_ARGS_FILE, covered by the manifest): resume and
+initial_load_path refuse one whose arguments differ from the model being trained in any field
+(rope_theta, norm_eps, ...), which the tensor shapes alone do not show.
 """
 
 import shutil
@@ -37,6 +40,7 @@ from tinytitan import dcp_reader
 from tinytitan.config import Checkpoint
 from tinytitan.errors import UserError, filesystem_error
 from tinytitan.files import publish_folder
+from tinytitan.model_files import check_model_args, matching_flavor, write_model_args_file
 from tinytitan.parallel import any_rank, is_main_process
 from tinytitan.run_folder import RunFolder
 
@@ -118,6 +122,8 @@ class Checkpointer:
         self.run, self.config, self.states, self.cpu_group = run, config, states, cpu_group
         self._pending = None  # (step, future) of an async save not yet published
         self._kept: set[Path] = set()  # old checkpoints keep_latest_k may not remove, already said
+        # The trained model's arguments, saved in every checkpoint and checked at every load.
+        self.model_args = getattr(states["model"].model, "args", None) if "model" in states else None
 
     def resume(self) -> int:
         """Load the newest complete checkpoint of the run (returns its step), or else the model of
@@ -151,6 +157,9 @@ class Checkpointer:
                 print(dcp_reader.unverified_note(path), flush=True)
         else:
             dcp_reader.refuse(path, what, [problem for problems in found for problem in problems])
+        if self.model_args:  # before the shapes: a differing field is named even when the shapes agree
+            advice = _RESUME_ADVICE if what == "checkpoint" else _INITIAL_LOAD_ADVICE
+            check_model_args(path, self.model_args, what, "this run's model", advice)
         dcp_reader.load(state, path, what, "does not fit this model and training state")
 
     def _gather(self, value) -> list:
@@ -217,8 +226,12 @@ class Checkpointer:
         _barrier()
 
     def _seal(self, staging: Path) -> None:
-        """Once every rank has written its files: each checksums its own, rank 0 writes the manifest."""
+        """Once every rank has written its files: rank 0 adds model_args.json, each rank checksums
+        its own files (rank 0 those DCP did not name after a rank, model_args.json among them), and
+        rank 0 writes the manifest."""
         _barrier()
+        if is_main_process() and self.model_args:
+            write_model_args_file(staging, self.model_args, matching_flavor(self.model_args))
         rank = dist.get_rank() if dist.is_initialized() else 0
         entries = self._gather(dcp_reader.checksums(staging, dcp_reader.files_of_rank(staging, rank)))
         if is_main_process():
@@ -250,6 +263,12 @@ class Checkpointer:
             print(f"model exported in {dtype}: {final}", flush=True)
         _barrier()
         return final
+
+
+_INITIAL_LOAD_ADVICE = "set those [model] keys to the checkpoint's, or start from a checkpoint of this model"
+_RESUME_ADVICE = (
+    "a run resumes with the model it was started with: set those [model] keys back, or train in another job.name"
+)
 
 
 def _refuse_to_replace(final: Path) -> None:

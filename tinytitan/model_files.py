@@ -20,6 +20,7 @@ from tinytitan.config import Data, JobConfig, load_config, model_args
 from tinytitan.data.builtin_corpus import corpus_folder
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
+from tinytitan.files import atomic_write_json
 from tinytitan.hf.folder import is_hf_folder, read_hf_folder
 from tinytitan.kernels.rotary import model_rotary_tables
 from tinytitan.models.args import FLAVORS, ModelArgs
@@ -106,23 +107,49 @@ def read_model_args_file(path: Path) -> tuple[ModelArgs, str | None]:
 
 
 def write_model_args_file(folder: Path, args: ModelArgs, flavor: str | None) -> None:
-    record = {"flavor": flavor, "model_args": dataclasses.asdict(args)}
-    (folder / MODEL_ARGS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_json(folder / MODEL_ARGS_FILE, {"flavor": flavor, "model_args": dataclasses.asdict(args)})
+
+
+def _as_json(args: ModelArgs) -> dict:
+    """The arguments as model_args.json holds them (nested records as dicts, tuples as lists), so
+    that arguments read back from the file compare equal to the ones they were written from."""
+    return json.loads(json.dumps(dataclasses.asdict(args)))
+
+
+def check_model_args(checkpoint: Path, args: ModelArgs, what: str, model_from: str, advice: str) -> None:
+    """Refuse a checkpoint whose model_args.json differs from `args` in any field, naming each
+    field with both values (one place for resume, initial_load_path and the scripts). A checkpoint
+    without the file (written before checkpoints carried it) is left to the shape checks."""
+    path = checkpoint / MODEL_ARGS_FILE
+    if not path.is_file():
+        return
+    saved, ours = _as_json(read_model_args_file(path)[0]), _as_json(args)
+    differing = [field.name for field in dataclasses.fields(ModelArgs) if saved[field.name] != ours[field.name]]
+    if differing:
+        values = "; ".join(
+            f"{name} = {saved[name]!r} in the checkpoint's {MODEL_ARGS_FILE}, {ours[name]!r} in {model_from}"
+            for name in differing[:3]
+        ) + (f" (and {len(differing) - 3} more fields)" if len(differing) > 3 else "")
+        raise UserError(f"{what} {checkpoint}: {values} ({advice})")
 
 
 def describe_checkpoint(checkpoint: Path, flavor: str | None = None, tokenizer: Path | None = None) -> ModelSpec:
-    """Model arguments and tokenizer of a DCP checkpoint: the command line's, else the run folder's
-    config.toml, else the files a conversion left beside the checkpoint."""
+    """Model arguments and tokenizer of a DCP checkpoint: the command line's (which must agree with
+    the checkpoint's own model_args.json, if it has one), else that model_args.json (every checkpoint
+    saved by training or a conversion carries it), else the run folder's config.toml (checkpoints
+    saved before they carried it; a later run may have rewritten config.toml)."""
     run = run_config(checkpoint)
     args_file = checkpoint / MODEL_ARGS_FILE
     if flavor:
         args, args_from = flavor_args(flavor, "--flavor"), f"flavor {flavor!r} from --flavor"
-    elif run:
-        args, flavor = model_args(run[1].model), matching_flavor(model_args(run[1].model))  # as training resolved it
-        args_from = f"flavor {run[1].model.flavor!r} and the [model] keys from {run[0]}"
+        advice = "the checkpoint was saved with other model arguments: drop --flavor to use its own"
+        check_model_args(checkpoint, args, "checkpoint", args_from, advice)
     elif args_file.is_file():
         args, flavor = read_model_args_file(args_file)
         args_from = (f"flavor {flavor!r}" if flavor else "model arguments") + f" from {args_file}"
+    elif run:
+        args, flavor = model_args(run[1].model), matching_flavor(model_args(run[1].model))  # as training resolved it
+        args_from = f"flavor {run[1].model.flavor!r} and the [model] keys from {run[0]}"
     else:
         raise UserError(
             f"checkpoint {checkpoint}: no run config.toml above it and no {MODEL_ARGS_FILE} in it; "

@@ -11,12 +11,13 @@ import torch
 import torch.distributed.checkpoint as dcp
 from helpers import LLAMA2_TOKENIZER, awkward_hf_model, run_command, run_python
 
+from tinytitan import dcp_reader
 from tinytitan.data.builtin_corpus import code_documents, prose_documents
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.generation import Sampling, generate
 from tinytitan.hf.mapping import to_hf_name
 from tinytitan.hf.tokenizer import write_hf_tokenizer
-from tinytitan.model_files import load_model
+from tinytitan.model_files import MODEL_ARGS_FILE, load_model
 from tinytitan.models.llama import FLAVORS, build_model
 
 transformers = pytest.importorskip("transformers")
@@ -323,22 +324,32 @@ def test_a_checkpoint_missing_a_rank_shard_is_refused(trained, tmp_path):
     assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
 
 
-def test_a_checkpoint_of_another_flavor_and_one_without_a_run_folder_are_refused(trained, tmp_path):
+def test_a_checkpoint_of_another_flavor_and_one_without_a_run_folder_are_refused(trained, tmp_path, builtin_corpus):
     check_refused(
         run_python(EXPORT, str(trained), str(tmp_path / "out"), "--flavor", "tinyllama_1b", env=ONE_THREAD),
-        "do not fit the model of flavor 'tinyllama_1b'",
+        "dim = 256 in the checkpoint's model_args.json, 2048 in flavor 'tinyllama_1b' from --flavor; n_layers = 4",
     )
+    # A checkpoint carries its model arguments: outside its run folder it still says what it is...
     loose = tmp_path / "loose"
     shutil.copytree(trained, loose)
-    check_refused(run_python(EXPORT, str(loose), str(tmp_path / "out"), env=ONE_THREAD), "pass --flavor")
-    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+    tokenizer = f"--tokenizer={builtin_corpus.tokenizer_path}"
+    check_ok(run_python(EXPORT, str(loose), str(tmp_path / "out"), tokenizer, env=ONE_THREAD))
+    # ...and one saved before checkpoints carried them needs --flavor, or the shapes are checked against it.
+    (loose / MODEL_ARGS_FILE).unlink()
+    dcp_reader.seal(loose)
+    check_refused(run_python(EXPORT, str(loose), str(tmp_path / "out2"), env=ONE_THREAD), "pass --flavor")
+    check_refused(
+        run_python(EXPORT, str(loose), str(tmp_path / "out2"), "--flavor", "tinyllama_1b", env=ONE_THREAD),
+        "do not fit the model of flavor 'tinyllama_1b'",
+    )
+    assert not (tmp_path / "out2").exists() and not leftovers(tmp_path)
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"tie_word_embeddings": True}, "tie_word_embeddings=true"),
-        ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0}}, "rope type 'linear'"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+        ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 5000.0}}, "rope type 'dynamic'"),
         ({"attention_bias": True}, "attention_bias=true"),
     ],
 )
