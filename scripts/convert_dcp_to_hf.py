@@ -32,7 +32,7 @@ from tinytitan.errors import UserError, run_entry_point
 from tinytitan.files import check_output_folder, folder_bytes, staged_folder
 from tinytitan.hf.folder import parse_size, plan_shards, write_hf_config, write_hf_weights
 from tinytitan.hf.mapping import to_hf_name
-from tinytitan.hf.tokenizer import write_hf_tokenizer
+from tinytitan.hf.tokenizer import pad_id, write_hf_tokenizer
 from tinytitan.model_files import (
     HF_EXPORT_FILES,
     expected_shapes,
@@ -99,7 +99,7 @@ def main(argv: list[str]) -> None:
     shards = plan_shards(sizes, max_shard_bytes)
     with staged_folder(out) as staging:
         write_hf_tokenizer(spec.tokenizer_path, staging, spec.args.max_seq_len)  # first: it may refuse the tokenizer
-        write_hf_config(staging, spec.args, dtype, tokenizer.bos_id, tokenizer.eos_id)
+        write_hf_config(staging, spec.args, dtype, tokenizer.bos_id, tokenizer.eos_id, pad_id(spec.tokenizer_path))
         files = write_hf_weights(staging, shards, shard_loader(checkpoint, metadata, dtype))
         written = folder_bytes(staging)
 

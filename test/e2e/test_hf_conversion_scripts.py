@@ -276,6 +276,36 @@ def test_greedy_generation_equals_transformers_generate(awkward_folder, exported
             assert len(set(new)) > 5, "the random model should not repeat itself: the test would be weak"
 
 
+def test_the_export_encodes_and_generates_in_batches(exported):
+    """Padded batches (Llama 2 has no pad piece: the export pads with <unk>, on the left): each row's
+    greedy continuation, batched, equals that row's alone and ours, so the attention mask is honoured."""
+    out = exported[0]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    ours, _ = load_model(out, "cpu", torch.float32)
+    sentencepiece = Tokenizer(out / "tokenizer.model")
+    assert (tokenizer.pad_token, tokenizer.padding_side) == ("<unk>", "left")
+    assert hf.generation_config.pad_token_id == tokenizer.pad_token_id == 0
+    texts = ["The", "Once upon a time, in a land far away, there", "def add(a, b):"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    width = batch["input_ids"].shape[1]
+    for row, text in enumerate(texts):
+        ids = sentencepiece.encode(text, bos=True)
+        assert batch["input_ids"][row].tolist() == [0] * (width - len(ids)) + ids
+        assert batch["attention_mask"][row].tolist() == [0] * (width - len(ids)) + [1] * len(ids)
+    with torch.no_grad():
+        batched = hf.generate(**batch, max_new_tokens=12, do_sample=False)[:, width:]
+    for row, text in enumerate(texts):
+        alone = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            single = hf.generate(**alone, max_new_tokens=12, do_sample=False)[0, alone["input_ids"].shape[1] :]
+        new = batched[row].tolist()[: len(single)]
+        assert new == single.tolist() == generate(ours, sentencepiece.encode(text, bos=True), 12, eos_id=2), text
+    pipe = transformers.pipeline("text-generation", model=hf, tokenizer=tokenizer)
+    settings = {"max_new_tokens": 6, "do_sample": False}
+    assert pipe(texts, batch_size=3, **settings) == [pipe(text, **settings) for text in texts]
+
+
 def test_generate_script_from_a_checkpoint_and_from_its_export(trained, exported):
     tokenizer = Tokenizer(exported[0] / "tokenizer.model")
     model, _ = load_model(trained, "cpu", torch.float32)

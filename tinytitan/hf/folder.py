@@ -166,11 +166,17 @@ def write_hf_weights(
     return files
 
 
-def write_hf_config(folder: Path, args: ModelArgs, dtype: torch.dtype, bos_id: int, eos_id: int) -> None:
-    """config.json (every field LlamaForCausalLM needs, from `mapping`) and generation_config.json."""
+def write_hf_config(
+    folder: Path, args: ModelArgs, dtype: torch.dtype, bos_id: int, eos_id: int, pad_id: int | None = None
+) -> None:
+    """config.json (every field LlamaForCausalLM needs, from `mapping`) and generation_config.json,
+    which names the tokenizer's pad id so that batched generate() needs no argument for it (it is
+    not in config.json, where it would freeze that embedding row in fine-tuning)."""
     # transformers 5 reads "dtype", earlier versions "torch_dtype".
     name = dtype_name(dtype)
     config = {**to_hf_config(args, bos_id, eos_id), "dtype": name, "torch_dtype": name, "use_cache": True}
-    generation = {"bos_token_id": bos_id, "eos_token_id": eos_id}
+    generation = {"bos_token_id": bos_id, "eos_token_id": eos_id} | (
+        {"pad_token_id": pad_id} if pad_id is not None else {}
+    )
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")

@@ -15,6 +15,13 @@ left part comes first, so a run grows from its left end, as sentencepiece's left
 `<s>`, `</s>` and `<unk>` typed in the text are plain text to sentencepiece, so the tokenizer is
 saved with `split_special_tokens` (code such as the regex `(?P<s>...)` keeps its ids); the ids of
 bos/eos are still added and decoded as special tokens.
+
+Llama 2 has no padding piece, yet batched encoding (`padding=True`) and pipelines with batch_size > 1
+need one. We pad with the unknown piece `<unk>`, on the left: the attention mask hides the pads, a
+byte-fallback tokenizer never produces `<unk>` from text, and unlike padding with `</s>` (the other
+common choice, e.g. TinyLlama's chat model), a fine-tuning collator that masks the labels of pad ids
+does not also mask the real end of each document, and generate() can tell pads from an ended
+sequence. Left padding is what batched `generate` needs (each row's last token is its own).
 """
 
 import json
@@ -80,7 +87,13 @@ def _special_tokens(proto) -> dict[str, str]:
         "bos_token": pieces[trainer.bos_id].piece,
         "eos_token": pieces[trainer.eos_id].piece,
         "unk_token": pieces[trainer.unk_id].piece,
+        "pad_token": pieces[trainer.unk_id].piece,  # Llama 2 has no padding piece (see the top)
     }
+
+
+def pad_id(model_path: str | Path) -> int:
+    """The id the exported tokenizer pads with, for generation_config.json."""
+    return _read_proto(Path(model_path).expanduser()).trainer_spec.unk_id
 
 
 def build_tokenizer_json(proto) -> str:
@@ -143,7 +156,7 @@ def write_hf_tokenizer(model_path: str | Path, folder: str | Path, max_length: i
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",  # loads tokenizer.json as it is (see above)
         **special,
-        "pad_token": None,  # Llama 2 has no padding piece
+        "padding_side": "left",  # for batched generate (see the top)
         "add_bos_token": True,  # as training did: every document starts with <s>
         "add_eos_token": False,
         "split_special_tokens": True,
