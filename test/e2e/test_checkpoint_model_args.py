@@ -83,6 +83,15 @@ def test_a_hf_import_with_other_rope_theta_and_eps_is_refused_at_initial_load(tm
 def test_resuming_a_checkpoint_of_other_model_arguments_is_refused(tmp_path, corpus_cache):
     finish(launch(short(tmp_path, corpus_cache)))
     checkpoints = tmp_path / "debug/checkpoints"
+    # the same run resumed with another [model] key: the shapes fit, the model does not
+    extra = ("--training.steps=3", "--model.norm_eps=1e-6")
+    result = run_command("./run_train.sh", *short(tmp_path, corpus_cache, *extra), micro_batch(1))
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert (
+        f"error: checkpoint {checkpoints / 'step-2'}: norm_eps = 1e-05 in the checkpoint's model_args.json, "
+        "1e-06 in this run's model" in result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
     rewrite_args(checkpoints / "step-2", rope_theta=500000.0)
     before = {p: p.read_bytes() for p in sorted(checkpoints.rglob("*")) if p.is_file()}
     result = run_command("./run_train.sh", *short(tmp_path, corpus_cache, "--training.steps=3"), micro_batch(1))
