@@ -53,7 +53,8 @@ def read_hf_folder(folder: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     folder = Path(folder).expanduser()
     args = read_hf_config(folder)
     try:
-        return args, from_hf_state_dict(dict(iter_hf_tensors(hf_weight_files(folder))))
+        tensors = dict(iter_hf_tensors(hf_weight_files(folder)))
+        return args, from_hf_state_dict(tensors, tied=args.tie_embeddings)  # a tied lm_head.weight, if saved
     except UserError as error:
         raise UserError(f"{folder}: {error}") from None
 

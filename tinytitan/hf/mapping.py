@@ -137,10 +137,24 @@ def _rope_fields(config: dict) -> dict:
     return fields
 
 
+def _refuse_sliding_window(config: dict) -> None:
+    """Mistral is Llama's architecture but for sliding-window attention: without a window (null, or
+    one covering every position the model takes) it is the same model; with one it is not."""
+    window, longest = config.get("sliding_window"), config.get("max_position_embeddings", 2048)
+    if window is None or window >= longest:  # transformers masks distances >= sliding_window
+        return
+    raise UserError(
+        f"config sliding_window={window}: expected null or at least max_position_embeddings={longest} "
+        "(sliding-window attention is not implemented)"
+    )
+
+
 def from_hf_config(config: dict) -> ModelArgs:
-    """ModelArgs from a LlamaForCausalLM config.json dict (unknown extras are ignored)."""
-    if config.get("model_type") != "llama":
-        raise UserError(f"config model_type={config.get('model_type')!r}: expected 'llama'")
+    """ModelArgs from a LlamaForCausalLM (or window-less MistralForCausalLM) config.json dict
+    (unknown extras are ignored)."""
+    if config.get("model_type") not in ("llama", "mistral"):
+        raise UserError(f"config model_type={config.get('model_type')!r}: expected 'llama' (or 'mistral')")
+    _refuse_sliding_window(config)
     # Llama variants that ModelArgs cannot describe are refused rather than imported wrong.
     if config.get("hidden_act", "silu") != "silu":
         raise UserError(f"config hidden_act={config['hidden_act']!r}: expected 'silu' (SwiGLU)")
