@@ -17,7 +17,8 @@ Model-only checkpoints (exports, converted weights) hold just the "model" entry,
 parameter names, so `checkpoint.initial_load_path` takes either kind. Every checkpoint and export
 also holds the model's arguments (model_files.MODEL_ARGS_FILE, covered by the manifest): resume and
 initial_load_path refuse one whose arguments differ from the model being trained in any field
-(rope_theta, norm_eps, ...), which the tensor shapes alone do not show.
+(rope_theta, norm_eps, ...), which the tensor shapes alone do not show; only initial_load_path with
+initial_load_extends_context may change the RoPE fields and lengthen max_seq_len (context extension).
 """
 
 import shutil
@@ -40,7 +41,13 @@ from tinytitan import dcp_reader
 from tinytitan.config import Checkpoint
 from tinytitan.errors import UserError, filesystem_error
 from tinytitan.files import publish_folder
-from tinytitan.model_files import check_model_args, matching_flavor, write_model_args_file
+from tinytitan.model_files import (
+    CONTEXT_FIELDS,
+    check_model_args,
+    describe_changes,
+    matching_flavor,
+    write_model_args_file,
+)
 from tinytitan.parallel import any_rank, is_main_process
 from tinytitan.run_folder import RunFolder
 
@@ -158,9 +165,21 @@ class Checkpointer:
         else:
             dcp_reader.refuse(path, what, [problem for problems in found for problem in problems])
         if self.model_args:  # before the shapes: a differing field is named even when the shapes agree
-            advice = _RESUME_ADVICE if what == "checkpoint" else _INITIAL_LOAD_ADVICE
-            check_model_args(path, self.model_args, what, "this run's model", advice)
+            self._check_model_args(path, what)
         dcp_reader.load(state, path, what, "does not fit this model and training state")
+
+    def _check_model_args(self, path: Path, what: str) -> None:
+        """The checkpoint's model arguments must be this run's; only a run's initial load, with
+        initial_load_extends_context, may change the RoPE fields and lengthen max_seq_len (a resume
+        never: the run's own checkpoints were saved with its model)."""
+        initial = what != "checkpoint"
+        extends = initial and self.config.initial_load_extends_context
+        advice = _INITIAL_LOAD_ADVICE if initial else _RESUME_ADVICE
+        changes = check_model_args(
+            path, self.model_args, what, "this run's model", advice, CONTEXT_FIELDS if extends else ()
+        )
+        if changes and is_main_process():
+            print(f"context extension from {path}: {describe_changes(changes)}", flush=True)
 
     def _gather(self, value) -> list:
         """`value` of every rank, in rank order (on the gloo group: plain Python objects)."""
@@ -265,7 +284,11 @@ class Checkpointer:
         return final
 
 
-_INITIAL_LOAD_ADVICE = "set those [model] keys to the checkpoint's, or start from a checkpoint of this model"
+_INITIAL_LOAD_ADVICE = (
+    "set those [model] keys to the checkpoint's, or start from a checkpoint of this model; to continue it at a "
+    "longer context, checkpoint.initial_load_extends_context = true lets rope_theta, the rope_scaling keys and "
+    "a longer max_seq_len differ"
+)
 _RESUME_ADVICE = (
     "a run resumes with the model it was started with: set those [model] keys back, or train in another job.name"
 )

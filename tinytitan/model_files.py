@@ -116,21 +116,50 @@ def _as_json(args: ModelArgs) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(args)))
 
 
-def check_model_args(checkpoint: Path, args: ModelArgs, what: str, model_from: str, advice: str) -> None:
-    """Refuse a checkpoint whose model_args.json differs from `args` in any field, naming each
-    field with both values (one place for resume, initial_load_path and the scripts). A checkpoint
-    without the file (written before checkpoints carried it) is left to the shape checks."""
+# The arguments a run continuing a checkpoint at a longer context may change (with
+# checkpoint.initial_load_extends_context): the rotary tables' base, scaling and length, which
+# hold no weights; a longer max_seq_len only.
+CONTEXT_FIELDS = (
+    "rope_theta",
+    "rope_scaling_type",
+    "rope_scaling_factor",
+    "rope_low_freq_factor",
+    "rope_high_freq_factor",
+    "rope_original_max_seq_len",
+    "max_seq_len",
+)
+
+
+def check_model_args(
+    checkpoint: Path, args: ModelArgs, what: str, model_from: str, advice: str, may_differ: tuple[str, ...] = ()
+) -> dict[str, tuple]:
+    """Refuse a checkpoint whose model_args.json differs from `args` in any field but those of
+    `may_differ`, naming each field with both values (one place for resume, initial_load_path and
+    the scripts); returns the fields of `may_differ` that differ, {name: (saved, ours)}. A shorter
+    max_seq_len than the checkpoint's is refused even there. A checkpoint without the file (written
+    before checkpoints carried it) is left to the shape checks."""
     path = checkpoint / MODEL_ARGS_FILE
     if not path.is_file():
-        return
+        return {}
     saved, ours = _as_json(read_model_args_file(path)[0]), _as_json(args)
     differing = [field.name for field in dataclasses.fields(ModelArgs) if saved[field.name] != ours[field.name]]
-    if differing:
+    allowed = {name: (saved[name], ours[name]) for name in differing if name in may_differ}
+    if "max_seq_len" in allowed and ours["max_seq_len"] < saved["max_seq_len"]:
+        allowed.pop("max_seq_len")
+        advice = "a context extension takes a max_seq_len at least the checkpoint's"
+    refused = [name for name in differing if name not in allowed]
+    if refused:
         values = "; ".join(
             f"{name} = {saved[name]!r} in the checkpoint's {MODEL_ARGS_FILE}, {ours[name]!r} in {model_from}"
-            for name in differing[:3]
-        ) + (f" (and {len(differing) - 3} more fields)" if len(differing) > 3 else "")
+            for name in refused[:3]
+        ) + (f" (and {len(refused) - 3} more fields)" if len(refused) > 3 else "")
         raise UserError(f"{what} {checkpoint}: {values} ({advice})")
+    return allowed
+
+
+def describe_changes(changes: dict[str, tuple]) -> str:
+    """What check_model_args let differ, in one line: "max_seq_len 256 -> 512, ..."."""
+    return ", ".join(f"{name} {saved!r} -> {ours!r}" for name, (saved, ours) in changes.items())
 
 
 def describe_checkpoint(checkpoint: Path, flavor: str | None = None, tokenizer: Path | None = None) -> ModelSpec:

@@ -54,7 +54,11 @@ class Job:
 @dataclass
 class Model:
     flavor: str = option(
-        "debug", "named model size: the starting point the keys below override", choices=tuple(FLAVORS)
+        "",
+        'named model size: the starting point the keys below override; "": the model_args.json of '
+        "checkpoint.initial_load_path (a converted model, any shape: a key below that differs from it is "
+        "refused), else debug",
+        choices=(*FLAVORS, ""),
     )
     # Each shape key overrides the flavor's argument of the same name; 0 or "" keeps the flavor's.
     dim: int = option(0, "model width (0: the flavor's)", min=0)
@@ -208,6 +212,11 @@ class Checkpoint:
     keep_latest_k: int = option(3, "keep this many newest checkpoints (0: keep all)", min=0)
     initial_load_path: str = option(
         "", "model-only checkpoint to start from when the run folder has none (e.g. converted TinyLlama weights)"
+    )
+    initial_load_extends_context: bool = option(
+        False,
+        "continue initial_load_path's model at a longer context: its rope_theta, rope_scaling keys and max_seq_len "
+        "may differ from [model]'s (a longer max_seq_len only); every other model argument must still match",
     )
     async_save: bool = option(
         False,
