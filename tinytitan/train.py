@@ -19,6 +19,7 @@ from tinytitan.config import (
     help_text,
     load_config,
     model_args,
+    shape_source,
     to_toml,
     wants_help,
     with_shape,
@@ -48,13 +49,10 @@ def train(config: JobConfig) -> list[dict[str, float]]:
 def _train(config: JobConfig, env) -> list[dict[str, float]]:
     t, run = config.training, RunFolder.of_job(config.job.dump_folder, config.job.name)
     with main_process_first():  # rank 0 prepares the built-in corpus once
-        args = model_args(config.model, tokenizer_vocab_size(config.data))  # vocab_size 0: the tokenizer's
+        # vocab_size 0: the tokenizer's; no flavor: initial_load_path's saved arguments, if any
+        args = model_args(config.model, tokenizer_vocab_size(config.data), config.checkpoint)
         stream, validation, data_summary = build_streams(config.data, args.vocab_size, t.seq_len, t.seed)
     config.model = with_shape(config.model, args)  # the saved config.toml says the shape itself
-    if is_main_process():
-        run.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.config, to_toml(config))
-        print(f"resolved config (saved to {run.config}):\n{to_toml(config)}", flush=True)
     accumulation, precision = accumulation_steps(t, env.world_size), Precision.of(t.mixed_precision, env.device)
     torch.manual_seed(t.seed)  # the full model, initialised alike on every rank: any number of ranks starts alike
     model = build_model(args, env.device, select_kernels(config.model.kernels, env.device))
@@ -65,7 +63,12 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
     train_state = TrainState()
     states = training_states(model, optimizer, scheduler, loader, train_state)
     checkpointer = Checkpointer(run, config.checkpoint, states, env.cpu_group)
-    if checkpointer.resume() >= t.steps:  # a finished run: nothing to train, save or export
+    resumed_step = checkpointer.resume()
+    if is_main_process():  # only once the checkpoint accepted these settings: a refused resume keeps the old file
+        run.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.config, to_toml(config))
+        print(f"resolved config (saved to {run.config}):\n{to_toml(config)}", flush=True)
+    if resumed_step >= t.steps:  # a finished run: nothing to train, save or export
         if is_main_process():
             print(
                 f"nothing to train: {run.checkpoint(train_state.step)} is at or past training.steps = {t.steps} "
@@ -80,7 +83,8 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
     throughput = Throughput.of(model, t.seq_len, env.device)
     if is_main_process():
         print(
-            f"model {config.model.flavor} ({describe_shape(args)}): {count_parameters(model):,} parameters, "
+            f"model of {shape_source(config.model, config.checkpoint)} ({describe_shape(args)}): "
+            f"{count_parameters(model):,} parameters, "
             f"{model.kernels_name} kernels, "
             f"{env.world_size} rank(s) on {env.device.type}; data: {data_summary}; {accumulation} micro-steps of "
             f"{t.micro_batch_size} x {t.seq_len} tokens per rank per step",

@@ -69,3 +69,68 @@ def test_bad_shapes_are_one_line_naming_the_keys(argv, message):
     with pytest.raises(ConfigError, match=message) as error:
         load_config(argv)  # checked when the config is loaded: the launcher's pre-check refuses it
     assert "\n" not in str(error.value)
+
+
+# ---- no flavor: the shape of checkpoint.initial_load_path (e.g. a converted Hugging Face model) ----
+
+CONVERTED = dataclasses.replace(
+    FLAVORS["debug"], dim=96, n_heads=6, n_kv_heads=1, head_dim=24, vocab_size=5003, norm_eps=1e-6,
+    rope_theta=500000.0, tie_embeddings=True, max_seq_len=512, rope_scaling_type="linear", rope_scaling_factor=2.0,
+)  # fmt: skip
+
+
+@pytest.fixture
+def converted(tmp_path):
+    """A checkpoint folder with the model_args.json a conversion writes (written by model_files)."""
+    from tinytitan.model_files import write_model_args_file
+
+    write_model_args_file(tmp_path, CONVERTED, None)
+    return tmp_path
+
+
+def resolved(*argv):
+    config = load_config(list(argv))
+    return model_args(config.model, 4096, config.checkpoint)
+
+
+def test_no_flavor_takes_the_initial_load_paths_arguments(converted):
+    assert resolved(f"--checkpoint.initial_load_path={converted}") == CONVERTED
+    assert resolved(f"--checkpoint.initial_load_path={converted}", "--model.dim=96", "--model.head_dim=24") == CONVERTED
+    assert resolved() == dataclasses.replace(FLAVORS["debug"], vocab_size=4096)  # no checkpoint: debug's
+    assert resolved(f"--checkpoint.initial_load_path={converted / 'elsewhere'}").dim == FLAVORS["debug"].dim
+    named = resolved(f"--checkpoint.initial_load_path={converted}", "--model.flavor=debug")
+    assert named == dataclasses.replace(
+        FLAVORS["debug"], vocab_size=4096
+    )  # a named flavor is the start (checked at load)
+    # the pre-check measures seq_len against the checkpoint's max_seq_len, not debug's
+    load_config([f"--checkpoint.initial_load_path={converted}", "--training.seq_len=512"])
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("--model.dim=128", "model.dim = 128: differs from 96 in "),
+        ("--model.norm_eps=1e-05", "model.norm_eps = 1e-05: differs from 1e-06 in "),
+        ("--model.rope_scaling_type=default", 'model.rope_scaling_type = "default": differs from "linear" in '),
+        ("--model.max_seq_len=1024", "model.max_seq_len = 1024: differs from 512 in "),
+    ],
+)
+def test_a_key_conflicting_with_the_checkpoints_arguments_is_one_line_naming_it(converted, key, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config([f"--checkpoint.initial_load_path={converted}", key])
+    assert str(converted / "model_args.json") in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_tokenizer_larger_than_the_checkpoints_vocabulary_is_refused(converted):
+    config = load_config([f"--checkpoint.initial_load_path={converted}"])
+    with pytest.raises(ConfigError, match="its vocab_size 5003 is smaller than the tokenizer's 32000 pieces"):
+        model_args(config.model, 32000, config.checkpoint)
+
+
+def test_the_saved_config_of_a_run_from_a_checkpoint_reads_back_alike(converted, tmp_path):
+    config = load_config([f"--checkpoint.initial_load_path={converted}"])
+    config.model = with_shape(config.model, model_args(config.model, 4096, config.checkpoint))
+    saved = tmp_path / "config.toml"
+    saved.write_text(to_toml(config))
+    again = load_config([f"--job.config_file={saved}"])
+    assert model_args(again.model) == model_args(again.model, 4096, again.checkpoint) == CONVERTED

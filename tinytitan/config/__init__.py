@@ -12,7 +12,7 @@ from tinytitan.config.checks import (
     check_runtime,
     mesh_degrees,
 )
-from tinytitan.config.model_shape import describe_shape, model_args, with_shape
+from tinytitan.config.model_shape import describe_shape, model_args, shape_source, with_shape
 from tinytitan.config.parser import help_text, load_config, parse_overrides, to_toml, wants_help
 from tinytitan.config.schema import (
     ActivationCheckpoint,
@@ -59,6 +59,7 @@ __all__ = [
     "mesh_degrees",
     "describe_shape",
     "model_args",
+    "shape_source",
     "with_shape",
     "option",
     "parse_overrides",

@@ -8,7 +8,7 @@ group. So a mistake is one line and exit status 2, never a failure report from e
 module does not import torch: the launcher is told the device count rather than asking torch.
 """
 
-from tinytitan.config.model_shape import model_args
+from tinytitan.config.model_shape import model_args, shape_source
 from tinytitan.config.schema import ConfigError, Data, JobConfig, LRScheduler, Parallelism, Training, toml_value
 
 _REPLICATE, _SHARD = "parallelism.data_parallel_replicate_degree", "parallelism.data_parallel_shard_degree"
@@ -19,11 +19,10 @@ def check_consistency(config: JobConfig) -> None:
     for key in ("data_parallel_shard_degree", "data_parallel_replicate_degree"):
         if getattr(config.parallelism, key) == 0:
             raise ConfigError(f"parallelism.{key} = 0: expected a positive degree or -1")
-    args = model_args(config.model)  # a bad shape is refused here, with the keys that made it
+    args = model_args(config.model, checkpoint=config.checkpoint)  # a bad shape is refused here, naming the keys
     if config.training.seq_len > args.max_seq_len:
-        which = (
-            "model.max_seq_len" if config.model.max_seq_len else f"the max_seq_len of flavor {config.model.flavor!r}"
-        )
+        source = shape_source(config.model, config.checkpoint)
+        which = "model.max_seq_len" if config.model.max_seq_len else f"the max_seq_len of {source}"
         raise ConfigError(f"training.seq_len = {config.training.seq_len}: expected at most {args.max_seq_len}, {which}")
     if config.lr_scheduler.min_lr > config.optimizer.lr:
         raise ConfigError(

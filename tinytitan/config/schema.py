@@ -54,7 +54,11 @@ class Job:
 @dataclass
 class Model:
     flavor: str = option(
-        "debug", "named model size: the starting point the keys below override", choices=tuple(FLAVORS)
+        "",
+        'named model size: the starting point the keys below override; "": the model_args.json of '
+        "checkpoint.initial_load_path (a converted model, any shape: a key below that differs from it is "
+        "refused), else debug",
+        choices=(*FLAVORS, ""),
     )
     # Each shape key overrides the flavor's argument of the same name; 0 or "" keeps the flavor's.
     dim: int = option(0, "model width (0: the flavor's)", min=0)
