@@ -2,16 +2,18 @@
 """Import a Hugging Face Llama folder (e.g. a TinyLlama-1.1B release) as a model-only checkpoint.
 
     python scripts/convert_hf_to_dcp.py TinyLlama-1.1B-intermediate-step-1431k-3T checkpoints/tinyllama
-    ./run_train.sh --model.flavor=tinyllama_1b --checkpoint.initial_load_path=checkpoints/tinyllama ...
+    ./run_train.sh --checkpoint.initial_load_path=checkpoints/tinyllama ...
 
 HF_DIR holds config.json and the weights: model.safetensors, pytorch_model.bin, or either sharded
-with its index. The config must describe a Llama 2 model (untied output head, plain rotary
-embeddings): it either matches one of our flavors, which is said, or the model arguments are
-derived from it and saved in OUT_DIR/model_args.json (generate.py and convert_dcp_to_hf.py read
-them; training needs a flavor). The tensors keep their dtype. OUT_DIR is a Distributed Checkpoint
-folder holding only the model, plus model_args.json and the tokenizer.model of HF_DIR if it has
-one, and manifest.json (each file's size and CRC-32, verified by every reader); it is written
-under a temporary name and renamed when complete; an existing OUT_DIR is refused unless
+with its index. The config must describe a LlamaForCausalLM (or a MistralForCausalLM without a
+sliding window) of any shape: heads, kv heads, head_dim, tied embeddings, rope_theta and RoPE
+scaling (linear, llama3); what the model does not implement (biases, another activation, a sliding
+window, dynamic RoPE) is refused in one line naming the field. The model arguments derived from it
+are saved in OUT_DIR/model_args.json: training started from OUT_DIR with no model.flavor takes its
+shape from them, as generate.py and convert_dcp_to_hf.py do. The tensors keep their dtype.
+OUT_DIR is a Distributed Checkpoint folder holding only the model, plus model_args.json and the
+tokenizer.model of HF_DIR if it has one, and manifest.json (each file's size and CRC-32, verified
+by every reader); it is written under a temporary name and renamed when complete; an existing OUT_DIR is refused unless
 --overwrite, which replaces only an earlier import (a folder with .metadata and nothing but the
 files listed above) or an empty folder.
 """
@@ -70,16 +72,15 @@ def main(argv: list[str]) -> None:
 
     parameters = sum(tensor.numel() for tensor in tensors.values())
     dtypes = "/".join(sorted({dtype_name(t.dtype) for t in tensors.values()}))
-    if flavor:
-        model = (
-            f"the config matches flavor {flavor!r}: start training from it with --model.flavor={flavor} "
-            f"--checkpoint.initial_load_path={out}"
-        )
-    else:
-        model = (
-            f"the config matches no flavor: model arguments derived from it ({args}), saved in "
-            f"{out / MODEL_ARGS_FILE} for generate.py and convert_dcp_to_hf.py (training needs a flavor)"
-        )
+    shape = (
+        f"the config matches flavor {flavor!r} (--model.flavor={flavor} names it)"
+        if flavor
+        else f"the config matches no flavor: model arguments derived from it ({args})"
+    )
+    model = (
+        f"{shape}, saved in {out / MODEL_ARGS_FILE}: start training from it with "
+        f"--checkpoint.initial_load_path={out} and no model.flavor (the shape is the checkpoint's)"
+    )
     tokenizer_note = (
         "tokenizer.model copied"
         if tokenizer
