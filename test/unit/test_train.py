@@ -113,7 +113,8 @@ def test_bad_setups_are_user_errors(tmp_path, corpus_cache, builtin_corpus, over
 
 @pytest.mark.skipif(not LLAMA2_TOKENIZER.is_file(), reason="the Llama 2 tokenizer is not beside the checkout")
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
-    with pytest.raises(UserError, match=r"data source 'prose' .*: 32000 pieces: expected at most the vocab_size 4096"):
+    # refused by the shape's resolution, before any data source is read (model.vocab_size names the key)
+    with pytest.raises(UserError, match=r"model.vocab_size = 4096: expected at least the tokenizer's 32000 pieces"):
         train(
             debug_config(
                 tmp_path,
@@ -121,6 +122,7 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path):
                 "--training.steps=1",
                 "--lr_scheduler.warmup_steps=0",
                 f"--data.tokenizer_path={LLAMA2_TOKENIZER}",
+                "--model.vocab_size=4096",  # an explicit vocabulary: 0 would take the tokenizer's
             )
         )
 
