@@ -2,9 +2,12 @@
 the Llama 2 tokenizer and saves the resolved shape; bad shapes stop before training, in one line."""
 
 import pytest
-from helpers import LLAMA2_TOKENIZER, REPO_ROOT, run_command, small_run
+import torch
+import transformers
+from helpers import LLAMA2_TOKENIZER, REPO_ROOT, run_command, run_python, small_run
 
 from tinytitan.config import load_config, model_args
+from tinytitan.model_files import load_model
 from tinytitan.models.args import FLAVORS
 from tinytitan.run_folder import RunFolder
 
@@ -28,11 +31,21 @@ def test_a_custom_shape_trains_with_the_vocabulary_of_the_llama2_tokenizer(tmp_p
         f"--data.tokenizer_path={LLAMA2_TOKENIZER}",
         *SHAPE,
     )
-    result = run_command("./run_train.sh", *args)
+    result = run_command("./run_train.sh", *args, "--checkpoint.export_dtype=float32")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "dim 128, 2 layers, 4 heads of 32 (2 kv), ffn 344, vocab 32000" in result.stdout
-    saved = load_config([f"--job.config_file={RunFolder(tmp_path / 'debug').config}"])
+    run = RunFolder(tmp_path / "debug")
+    saved = load_config([f"--job.config_file={run.config}"])
     assert model_args(saved.model) == model_args(load_config(list(SHAPE)).model, tokenizer_vocab=32000)
+    # and its export loads in transformers with our logits
+    exported = run_python("scripts/convert_dcp_to_hf.py", str(run.export(4)), str(tmp_path / "hf"))
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    ours, _ = load_model(run.export(4), "cpu", torch.float32)
+    ids = torch.randint(0, 32000, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ours(ids) - theirs(ids).logits).abs().max().item() <= 1e-4
+    assert theirs.config.vocab_size == 32000 and theirs.config.hidden_size == 128
 
 
 @pytest.mark.parametrize(
