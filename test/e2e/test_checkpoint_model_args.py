@@ -70,6 +70,7 @@ def test_a_hf_import_with_other_rope_theta_and_eps_is_refused_at_initial_load(tm
     result = run_command(
         "./run_train.sh",
         *short(tmp_path, corpus_cache, f"--checkpoint.initial_load_path={tmp_path / 'dcp'}"),
+        "--model.flavor=debug",  # a named flavor: without one, the run takes the checkpoint's arguments
         micro_batch(1),
     )
     assert result.returncode == 2, result.stdout[-2000:]
