@@ -48,6 +48,8 @@ def train(config: JobConfig) -> list[dict[str, float]]:
 
 def _train(config: JobConfig, env) -> list[dict[str, float]]:
     t, run = config.training, RunFolder.of_job(config.job.dump_folder, config.job.name)
+    if is_main_process():
+        print(f"resolved config (the model's shape is resolved on the model line):\n{to_toml(config)}", flush=True)
     with main_process_first():  # rank 0 prepares the built-in corpus once
         # vocab_size 0: the tokenizer's; no flavor: initial_load_path's saved arguments, if any
         args = model_args(config.model, tokenizer_vocab_size(config.data), config.checkpoint)
@@ -66,8 +68,8 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
     resumed_step = checkpointer.resume()
     if is_main_process():  # only once the checkpoint accepted these settings: a refused resume keeps the old file
         run.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.config, to_toml(config))
-        print(f"resolved config (saved to {run.config}):\n{to_toml(config)}", flush=True)
+        atomic_write_text(run.config, to_toml(config))  # with the resolved shape
+        print(f"resolved config saved to {run.config}", flush=True)
     if resumed_step >= t.steps:  # a finished run: nothing to train, save or export
         if is_main_process():
             print(

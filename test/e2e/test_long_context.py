@@ -16,6 +16,7 @@ def run(root, corpus_cache, name, seq_len, steps, *extra):
     return [
         f"--job.dump_folder={root}",
         f"--job.name={name}",
+        "--model.flavor=debug",  # named, so the checkpoint's arguments are checked against it (not adopted)
         f"--data.cache_dir={corpus_cache}",
         "--data.num_workers=0",
         f"--training.steps={steps}",
