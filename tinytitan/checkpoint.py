@@ -189,6 +189,18 @@ class Checkpointer:
         dist.all_gather_object(values, value, group=self.cpu_group)
         return values
 
+    def finished(self, resumed_step: int, last_step: int) -> bool:
+        """Whether the run resumed at or past its last step (said once): nothing to train, save or export."""
+        if resumed_step < last_step:
+            return False
+        if is_main_process():
+            print(
+                f"nothing to train: {self.run.checkpoint(resumed_step)} is at or past training.steps = {last_step} "
+                "(raise training.steps to train further)",
+                flush=True,
+            )
+        return True
+
     def due(self, step: int, last_step: int) -> bool:
         return self.config.enable and (step % self.config.interval == 0 or step == last_step)
 

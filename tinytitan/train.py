@@ -70,13 +70,7 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
         run.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, to_toml(config))  # with the resolved shape
         print(f"resolved config saved to {run.config}", flush=True)
-    if resumed_step >= t.steps:  # a finished run: nothing to train, save or export
-        if is_main_process():
-            print(
-                f"nothing to train: {run.checkpoint(train_state.step)} is at or past training.steps = {t.steps} "
-                "(raise training.steps to train further)",
-                flush=True,
-            )
+    if checkpointer.finished(resumed_step, t.steps):
         loader.close()
         return []
     preemption = Preemption(env.cpu_group)
@@ -86,10 +80,9 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
     if is_main_process():
         print(
             f"model of {shape_source(config.model, config.checkpoint)} ({describe_shape(args)}): "
-            f"{count_parameters(model):,} parameters, "
-            f"{model.kernels_name} kernels, "
-            f"{env.world_size} rank(s) on {env.device.type}; data: {data_summary}; {accumulation} micro-steps of "
-            f"{t.micro_batch_size} x {t.seq_len} tokens per rank per step",
+            f"{count_parameters(model):,} parameters, {model.kernels_name} kernels, {env.world_size} rank(s) on "
+            f"{env.device.type}; data: {data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x "
+            f"{t.seq_len} tokens per rank per step",
             flush=True,
         )
     max_norm = t.max_norm or math.inf  # inf: measure the norm, clip nothing
