@@ -73,3 +73,12 @@ def awkward_folder(tmp_path_factory, small_tokenizer):
     shutil.copyfile(small_tokenizer, folder / "tokenizer.model")
     assert (folder / "model.safetensors.index.json").is_file(), "expected a sharded save"
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """This process computes in one thread for the module's tests (as ONE_THREAD does for subprocesses)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

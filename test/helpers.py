@@ -35,6 +35,10 @@ LLAMA2_TOKENIZER = Path(
 # ---- the checkout's commands ----
 
 
+# Subprocesses of the HF tests compute in one thread: the same sums in the same order on any machine.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
 def run_command(*argv: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a command from the repository root as a user would, capturing its output. The launchers
     use this test session's Python rather than setting up .venv."""

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import REPO_ROOT, run_command
+from helpers import ONE_THREAD, REPO_ROOT, run_command
 
 from tinytitan.data.builtin_corpus import corpus_folder
 from tinytitan.model_files import TOKENIZER_FILE, load_model
@@ -17,7 +17,6 @@ from tinytitan.model_files import TOKENIZER_FILE, load_model
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 STEPS = 3
 BASE = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
@@ -65,12 +64,7 @@ def assert_same_logits(ours, theirs, vocab_size: int):
     assert expected.abs().max().item() > 0.1  # not a comparison of near-zero tensors
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from helpers import LLAMA2_TOKENIZER, awkward_hf_model, run_command, run_python
+from helpers import LLAMA2_TOKENIZER, ONE_THREAD, awkward_hf_model, run_command, run_python
 
 from tinytitan import dcp_reader
 from tinytitan.data.builtin_corpus import code_documents, prose_documents
@@ -25,7 +25,6 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 STEPS = 6
 # Two shared CPU cores: one thread per process is many times faster than two contending ones.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 EXPORT = "scripts/convert_dcp_to_hf.py"
 IMPORT = "scripts/convert_hf_to_dcp.py"
 GENERATE = "scripts/generate.py"
@@ -43,12 +42,7 @@ MIXED_TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def check_ok(result):

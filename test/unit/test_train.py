@@ -12,31 +12,25 @@ def losses(records):
     return {record["step"]: record["loss"] for record in records}
 
 
+def losses_with_micro_batch(tmp_path, corpus_cache, micro_batch_size: int) -> dict[int, float]:
+    """4 steps of 512 tokens each, made of micro-batches of this size."""
+    return losses(
+        train(
+            debug_config(
+                tmp_path,
+                corpus_cache,
+                "--training.steps=4",
+                "--lr_scheduler.warmup_steps=3",
+                f"--training.micro_batch_size={micro_batch_size}",
+                "--training.global_batch_tokens=512",
+            )
+        )
+    )
+
+
 def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cache):
-    whole = losses(
-        train(
-            debug_config(
-                tmp_path,
-                corpus_cache,
-                "--training.steps=4",
-                "--lr_scheduler.warmup_steps=3",
-                "--training.micro_batch_size=8",
-                "--training.global_batch_tokens=512",
-            )
-        )
-    )
-    accumulated = losses(
-        train(
-            debug_config(
-                tmp_path,
-                corpus_cache,
-                "--training.steps=4",
-                "--lr_scheduler.warmup_steps=3",
-                "--training.micro_batch_size=2",
-                "--training.global_batch_tokens=512",
-            )
-        )
-    )
+    whole = losses_with_micro_batch(tmp_path, corpus_cache, 8)
+    accumulated = losses_with_micro_batch(tmp_path, corpus_cache, 2)
     assert sorted(whole) == [1, 2, 3, 4]
     for step in whole:
         assert accumulated[step] == pytest.approx(whole[step], rel=1e-4)
