@@ -25,7 +25,7 @@ from tinytitan.config import (
     with_shape,
 )
 from tinytitan.data.loader import DataLoader
-from tinytitan.data.sources import build_streams, tokenizer_vocab_size
+from tinytitan.data.sources import build_streams, tokenizer_vocab_size, with_chat_template
 from tinytitan.dtypes import torch_dtype
 from tinytitan.errors import run_entry_point
 from tinytitan.files import atomic_write_text
@@ -54,6 +54,7 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
         # vocab_size 0: the tokenizer's; no flavor: initial_load_path's saved arguments, if any
         args = model_args(config.model, tokenizer_vocab_size(config.data), config.checkpoint)
         stream, validation, data_summary = build_streams(config.data, args.vocab_size, t.seq_len, t.seed)
+        config.data = with_chat_template(config.data)  # the saved config.toml names it for an export
     config.model = with_shape(config.model, args)  # the saved config.toml says the shape itself
     accumulation, precision = accumulation_steps(t, env.world_size), Precision.of(t.mixed_precision, env.device)
     torch.manual_seed(t.seed)  # the full model, initialised alike on every rank: any number of ranks starts alike

@@ -8,6 +8,7 @@ The parser (parser.py) applies defaults, then the TOML file, then the command li
 import json
 from dataclasses import dataclass, field
 
+from tinytitan.chat_templates import TEMPLATES
 from tinytitan.dtypes import ALIASES as DTYPE_ALIASES
 from tinytitan.dtypes import DTYPE_NAMES
 from tinytitan.errors import UserError
@@ -146,9 +147,10 @@ class DataSource:
 class Data:
     dataset: str = option(
         "builtin",
-        "builtin: Python's docs and sources, 7:3 prose:code; sources: data.sources; "
+        "builtin: Python's docs and sources, 7:3 prose:code; builtin_chat: conversations made from Python's docs "
+        "(finetuning, with the built-in corpus's tokenizer); sources: data.sources; "
         "synthetic: uniform random tokens (benchmarks)",
-        choices=("builtin", "sources", "synthetic"),
+        choices=("builtin", "builtin_chat", "sources", "synthetic"),
     )
     sources: list[DataSource] = option([], "prepared data sources mixed by weight when dataset = 'sources'")
     tokenizer_path: str = option(
@@ -157,6 +159,17 @@ class Data:
     )
     cache_dir: str = option("~/.cache/tinytitan", "where the built-in corpus is prepared once and reused")
     num_workers: int = option(2, "loader worker processes per rank (0: load in the training process)", min=0)
+    chat_template: str = option(
+        "",
+        "chat template of the conversations (prepare_data --format chat), written into an export's tokenizer; "
+        "empty: the one the sources were prepared with",
+        choices=("", *TEMPLATES),
+    )
+    packing: bool = option(
+        True,
+        "conversations: pack several whole ones per sample (with data.document_masking) rather than one per "
+        "sample padded to seq_len",
+    )
 
 
 @dataclass

@@ -93,8 +93,7 @@ class DataLoader:
             self._batches = self._start()
         batch = next(self._batches)
         self.position += self.micro_batch_size * self.world_size
-        batch = batch.to(self.device, non_blocking=True)
-        return batch[:, :-1], batch[:, 1:]
+        return inputs_and_labels(batch.to(self.device, non_blocking=True))
 
     def state_dict(self) -> dict:
         return {"position": json.dumps({"sample": self.position, "settings": self._settings()})}
@@ -114,6 +113,15 @@ class DataLoader:
     def close(self) -> None:
         """Stop the workers; the next batch starts them again at the current position."""
         self._batches = None
+
+
+def inputs_and_labels(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of samples as (inputs, labels): a [B, L + 1] batch of tokens shifted by one, or a
+    [B, 2, L + 1] batch of conversations (conversations.py: tokens, and targets that ignore what is
+    not learnt) as its tokens' first L and its targets' last L."""
+    if batch.dim() == 3:
+        return batch[:, 0, :-1].contiguous(), batch[:, 1, 1:].contiguous()
+    return batch[:, :-1], batch[:, 1:]
 
 
 def check_same_settings(saved: dict, current: dict) -> None:

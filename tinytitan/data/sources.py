@@ -5,11 +5,13 @@ token shards per split and a manifest naming the tokenizer. All sources of a run
 tokenized by the same tokenizer, and it must fit the model's vocabulary.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tinytitan.config import Data
+from tinytitan.data.builtin_chat import prepare_builtin_chat
 from tinytitan.data.builtin_corpus import prepare_builtin_corpus
+from tinytitan.data.conversations import ConversationStream
 from tinytitan.data.manifest import read_manifest, split_shards
 from tinytitan.data.shards import read_header
 from tinytitan.data.streams import MixedStream, SampleStream, Stream, SyntheticStream
@@ -71,14 +73,24 @@ def _check_fits(source: Source, record: dict, vocab_size: int, tokenizer: Tokeni
         )
 
 
-def training_stream(sources: list[Source], seq_len: int, seed: int) -> MixedStream:
+def training_stream(sources: list[Source], seq_len: int, seed: int, packing: bool = True) -> MixedStream:
     streams = [
-        SampleStream(split_shards(s.path, "train"), seq_len, seed=(seed, index)) for index, s in enumerate(sources)
+        _split_stream(s, "train", seq_len, seed=(seed, index), packing=packing) for index, s in enumerate(sources)
     ]
     return MixedStream(streams, [s.weight for s in sources], seed=(seed, len(sources)), names=[s.name for s in sources])
 
 
-def validation_streams(sources: list[Source], seq_len: int) -> dict[str, SampleStream]:
+def _split_stream(source: Source, split: str, seq_len: int, seed: tuple, packing: bool, shuffle: bool = True):
+    """A SampleStream of a split, or a ConversationStream when the source holds conversations."""
+    shards = split_shards(source.path, split)
+    manifest = read_manifest(source.path)
+    if not manifest["settings"].get("chat_template"):
+        return SampleStream(shards, seq_len, seed=seed, shuffle=shuffle)
+    ids = manifest["tokenizer"]
+    return ConversationStream(shards, seq_len, seed, ids["bos_id"], ids["eos_id"], packing=packing, shuffle=shuffle)
+
+
+def validation_streams(sources: list[Source], seq_len: int, packing: bool = True) -> dict[str, SampleStream]:
     """Each source's validation split in its stored order. Sources without one, or with less than
     one sample of it, are left out (and said so)."""
     streams = {}
@@ -92,12 +104,15 @@ def validation_streams(sources: list[Source], seq_len: int) -> dict[str, SampleS
                 flush=True,
             )
             continue
-        streams[source.name] = SampleStream(split_shards(source.path, "validation"), seq_len, seed=(), shuffle=False)
+        streams[source.name] = _split_stream(source, "validation", seq_len, seed=(), packing=packing, shuffle=False)
     return streams
 
 
 def resolve_sources(data: Data) -> tuple[list[Source], Tokenizer | None]:
     """The sources to mix, and the tokenizer they must have been made with (if one is named)."""
+    if data.dataset == "builtin_chat":
+        folder, tokenizer_path = prepare_builtin_chat(data.cache_dir, data.tokenizer_path or None)
+        return [Source("chat", folder, 1.0)], Tokenizer(tokenizer_path)
     if data.dataset == "builtin":
         corpus = prepare_builtin_corpus(data.cache_dir, data.tokenizer_path or None)
         sources = [Source(name, path, corpus.weights[name]) for name, path in corpus.sources.items()]
@@ -126,10 +141,38 @@ def build_streams(data: Data, vocab_size: int, seq_len: int, seed: int) -> tuple
         return stream, {}, f"synthetic tokens over {vocab_size} ids"
     sources, tokenizer = resolve_sources(data)
     check_sources(sources, vocab_size, tokenizer)
+    chat_template = sources_chat_template(sources, data.chat_template)
     mix = ", ".join(f"{s.name} {s.weight / sum(x.weight for x in sources):.1%}" for s in sources)
-    stream = training_stream(sources, seq_len, seed)
+    stream = training_stream(sources, seq_len, seed, data.packing)
     stream.settings = stream_settings(data.dataset, seq_len, seed, sources)
-    return stream, validation_streams(sources, seq_len), f"sources {mix}"
+    if chat_template:
+        stream.settings["data.packing"] = data.packing
+        mix += "; " + "; ".join(f"{s.name}: {c.describe()}" for s, c in zip(sources, stream.streams))
+    return stream, validation_streams(sources, seq_len, data.packing), f"sources {mix}"
+
+
+def sources_chat_template(sources: list[Source], configured: str) -> str:
+    """The chat template the sources' conversations were prepared with ("" for plain text): every
+    source holds conversations of one template, or none does, and data.chat_template, if set, is it."""
+    templates = {s.name: read_manifest(s.path)["settings"].get("chat_template") or "" for s in sources}
+    if len(set(templates.values())) > 1:
+        listed = ", ".join(f"{name!r} {template or 'plain text'}" for name, template in templates.items())
+        raise UserError(f"data sources: {listed}: expected all conversations of one chat template, or all plain text")
+    template = next(iter(templates.values()))
+    if configured and template != configured:
+        raise UserError(
+            f"data.chat_template = {configured!r}: the sources were prepared with "
+            f"{template or 'no chat template (plain text)'}: expected that (or empty)"
+        )
+    return template
+
+
+def with_chat_template(data: Data) -> Data:
+    """`data` naming the chat template of its sources, so that the saved config.toml tells an export
+    which template to write (empty for plain text and synthetic tokens)."""
+    if data.dataset == "synthetic":
+        return data
+    return replace(data, chat_template=sources_chat_template(resolve_sources(data)[0], data.chat_template))
 
 
 def stream_settings(dataset: str, seq_len: int, seed: int, sources: list[Source]) -> dict:

@@ -1,0 +1,107 @@
+"""Conversations in training: the windows of a ConversationStream hold every kept conversation
+whole, once per epoch, with targets only where the mask says (checked against the shards), as a
+pure function of (data, seed, packing, i); too-long conversations are cut at a turn boundary or
+dropped, and counted; the loader and validation take inputs and labels from them. Packed with
+document masking, each conversation's losses equal those of the conversation alone in its row."""
+
+import numpy as np
+import pytest
+import torch
+
+from tinytitan.data.conversations import ConversationStream
+from tinytitan.data.loader import inputs_and_labels
+from tinytitan.data.shards import ShardWriter
+from tinytitan.kernels.cross_entropy import IGNORE_INDEX
+
+BOS, EOS, VOCAB = 1, 2, 97
+
+
+def conversation(rng, turns: int, turn_length: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """<s>, then per turn a question (not learnt) and an answer ending in </s> (learnt)."""
+    ids, trained = [BOS], [False]
+    for _ in range(turns):
+        question = rng.integers(3, VOCAB, size=rng.integers(1, turn_length + 1)).tolist()
+        answer = rng.integers(3, VOCAB, size=rng.integers(0, turn_length + 1)).tolist() + [EOS]
+        ids += question + answer
+        trained += [False] * len(question) + [True] * len(answer)
+    return np.array(ids), np.array(trained)
+
+
+def write_conversations(folder, conversations, tokens_per_shard=60):
+    writer = ShardWriter(folder, "train", VOCAB, tokens_per_shard=tokens_per_shard)
+    for ids, trained in conversations:
+        writer.add_document(ids, trained)
+    return writer.close()
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    conversations = [conversation(rng, int(rng.integers(1, 4))) for _ in range(40)]
+    return conversations, write_conversations(tmp_path, conversations)
+
+
+def whole_conversations(sample: np.ndarray) -> list[tuple[list, list]]:
+    """(tokens, targets) of each conversation in a window, and checks that the rest is padding."""
+    tokens, targets = sample
+    starts = np.flatnonzero(tokens == BOS).tolist()
+    assert starts and starts[0] == 0
+    padding = np.flatnonzero((tokens == EOS) & (targets == IGNORE_INDEX))
+    end = len(tokens)
+    while padding.size and padding[-1] == end - 1 and end - 1 > starts[-1]:
+        end, padding = end - 1, padding[:-1]
+    bounds = starts + [end]
+    return [(tokens[a:b].tolist(), targets[a:b].tolist()) for a, b in zip(bounds, bounds[1:])]
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_each_epoch_holds_every_conversation_whole_once_with_its_targets(data, packing):
+    conversations, shards = data
+    stream = ConversationStream(shards, seq_len=40, seed=(7, 0), bos_id=BOS, eos_id=EOS, packing=packing)
+    expected = sorted((c.tolist(), np.where(t, c, IGNORE_INDEX).tolist()) for c, t in conversations)
+    for epoch in range(2):
+        seen = []
+        for index in range(epoch * stream.windows_per_epoch, (epoch + 1) * stream.windows_per_epoch):
+            sample = stream.sample(index)
+            assert sample.shape == (2, 41)
+            held = whole_conversations(sample)
+            assert len(held) == len(stream.conversations_in(index)) and (len(held) == 1 or packing)
+            seen += held
+        assert sorted(seen) == expected
+    if packing:
+        assert stream.windows_per_epoch < len(conversations)  # several per window
+    again = ConversationStream(shards, seq_len=40, seed=(7, 0), bos_id=BOS, eos_id=EOS, packing=packing)
+    late = 3 * stream.windows_per_epoch + 5
+    assert np.array_equal(again.sample(late), stream.sample(late))  # no replay: sample i from (data, seed, i)
+    first, second = (
+        [stream.conversations_in(e * stream.windows_per_epoch + i) for i in range(stream.windows_per_epoch)]
+        for e in (0, 1)
+    )
+    assert first != second and sorted(first) == sorted(second)  # a new order of the same windows
+
+
+def test_a_conversation_longer_than_a_window_is_cut_after_an_answer_or_dropped(tmp_path):
+    rng = np.random.default_rng(1)
+    long_multi_turn = conversation(rng, 8, turn_length=5)
+    first_answer_too_far = (np.array([BOS] + [5] * 30 + [6, EOS]), np.array([False] * 31 + [True, True]))
+    short = conversation(rng, 1)
+    shards = write_conversations(tmp_path, [long_multi_turn, first_answer_too_far, short], 1000)
+    stream = ConversationStream(shards, seq_len=24, seed=(), bos_id=BOS, eos_id=EOS, shuffle=False)
+    assert (stream.truncated, stream.dropped) == (1, 1)
+    ids, trained = long_multi_turn
+    ends = [i for i in range(25) if ids[i] == EOS and trained[i]]
+    cut = ends[-1] + 1
+    held = [c for i in range(stream.windows_per_epoch) for c in whole_conversations(stream.sample(i))]
+    assert held == [
+        (ids[:cut].tolist(), np.where(trained[:cut], ids[:cut], IGNORE_INDEX).tolist()),
+        (short[0].tolist(), np.where(short[1], short[0], IGNORE_INDEX).tolist()),
+    ]
+    assert "1 cut after their last answer" in stream.describe() and "1 dropped" in stream.describe()
+
+
+def test_the_loader_shifts_tokens_into_inputs_and_targets_into_labels():
+    batch = torch.arange(2 * 2 * 5).view(2, 2, 5)
+    inputs, labels = inputs_and_labels(batch)
+    assert inputs.tolist() == batch[:, 0, :4].tolist() and labels.tolist() == batch[:, 1, 1:].tolist()
+    plain = torch.arange(10).view(2, 5)
+    assert [t.tolist() for t in inputs_and_labels(plain)] == [plain[:, :4].tolist(), plain[:, 1:].tolist()]
