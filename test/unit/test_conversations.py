@@ -105,3 +105,34 @@ def test_the_loader_shifts_tokens_into_inputs_and_targets_into_labels():
     assert inputs.tolist() == batch[:, 0, :4].tolist() and labels.tolist() == batch[:, 1, 1:].tolist()
     plain = torch.arange(10).view(2, 5)
     assert [t.tolist() for t in inputs_and_labels(plain)] == [plain[:, :4].tolist(), plain[:, 1:].tolist()]
+
+
+def test_the_built_in_conversations_train_on_answers_and_name_their_template(corpus_cache, builtin_corpus):
+    from tinytitan.chat_templates import encode_chat
+    from tinytitan.config.schema import Data, DataSource
+    from tinytitan.data.builtin_chat import conversations
+    from tinytitan.data.sources import build_streams, with_chat_template
+    from tinytitan.data.tokenizer import Tokenizer
+    from tinytitan.errors import UserError
+
+    data = Data(dataset="builtin_chat", cache_dir=str(corpus_cache), num_workers=0)
+    stream, validation, summary = build_streams(data, 4096, seq_len=256, seed=3)
+    assert list(validation) == ["chat"] and "conversations in" in summary
+    assert stream.settings["data.packing"] is True and with_chat_template(data).chat_template == "tinyllama"
+    # The first held-out conversation is the first window of validation, its targets the answers'.
+    tokenizer = Tokenizer(builtin_corpus.tokenizer_path)
+    ids, trained = encode_chat(tokenizer, conversations()[9])
+    tokens, targets = validation["chat"].sample(0)
+    assert tokens[: len(ids)].tolist() == ids
+    assert targets[: len(ids)].tolist() == [t if k else IGNORE_INDEX for t, k in zip(ids, trained)]
+
+    chat_folder = stream.streams[0].shard_paths[0].parent
+    mixed = Data(
+        dataset="sources",
+        sources=[DataSource("chat", str(chat_folder)), DataSource("prose", str(builtin_corpus.sources["prose"]))],
+    )
+    with pytest.raises(UserError, match="'chat' tinyllama, 'prose' plain text: expected all conversations of one"):
+        build_streams(mixed, 4096, seq_len=256, seed=3)
+    plain = Data(dataset="builtin", cache_dir=str(corpus_cache), chat_template="tinyllama")
+    with pytest.raises(UserError, match="data.chat_template = 'tinyllama': the sources were prepared with no chat"):
+        with_chat_template(plain)
