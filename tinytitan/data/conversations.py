@@ -6,8 +6,8 @@ training learns them (the answers and their end-of-turn tokens) and IGNORE_INDEX
 loader shifts them into inputs and labels (loader.inputs_and_labels). The rest of a window after its
 conversations is padding (eos tokens with ignored targets), never the start of another conversation.
 
-- packing on: conversations are packed whole into windows, next-fit in an order drawn from the seed
-  (each window holds as many as fit; none is split across windows). Each starts with <s>, so
+- packing on: conversations are packed whole into windows, first fit in an order drawn from the seed
+  (none is split across windows). Each starts with <s>, so
   document masking keeps them from attending to each other, and a conversation's losses do not
   depend on what it is packed with: the packing is drawn once, and each epoch visits the windows in
   an order drawn from (seed, epoch).
@@ -29,6 +29,8 @@ import numpy as np
 from tinytitan.data.shards import open_mask, open_shard, read_header
 from tinytitan.errors import UserError
 from tinytitan.kernels.cross_entropy import IGNORE_INDEX
+
+OPEN_WINDOWS = 64  # windows packing may still add to
 
 
 class ConversationStream:
@@ -109,18 +111,28 @@ class ConversationStream:
     # ---- windows ----
 
     def _pack(self) -> tuple[np.ndarray, np.ndarray]:
-        """The order conversations are laid out in, and where each window starts in that order."""
+        """The conversations of every window, window after window, and where each window starts
+        among them. Packing is first fit over the conversations in an order drawn from the seed,
+        among the last OPEN_WINDOWS windows opened (a bound that keeps it linear in time)."""
         count = len(self._length)
         order = np.random.default_rng([*self.seed, 1]).permutation(count) if self.shuffle else np.arange(count)
         if not self.packing:
             return order, np.arange(count + 1)
-        starts, filled, window = [0], 0, self.seq_len + 1
-        for position, length in enumerate(self._length[order].tolist()):
-            if filled + length > window:  # next fit: this conversation opens the next window
-                starts.append(position)
-                filled = 0
-            filled += length
-        return order, np.array(starts + [count])
+        windows: list[list[int]] = []
+        open_windows, room = [], []  # indices into windows, oldest first, and the tokens each has left
+        for conversation, length in zip(order.tolist(), self._length[order].tolist()):
+            slot = next((i for i, left in enumerate(room) if left >= length), None)
+            if slot is None:
+                if len(open_windows) == OPEN_WINDOWS:  # the oldest is final
+                    del open_windows[0], room[0]
+                windows.append([])
+                open_windows.append(len(windows) - 1)
+                room.append(self.seq_len + 1)
+                slot = len(room) - 1
+            windows[open_windows[slot]].append(conversation)
+            room[slot] -= length
+        starts = np.cumsum([0] + [len(members) for members in windows])
+        return np.array([c for members in windows for c in members], dtype=np.int64), starts
 
     def _order(self, epoch: int) -> np.ndarray:
         if "_order_cache" not in self.__dict__:
