@@ -25,12 +25,13 @@ from tinytitan.config import (
     with_shape,
 )
 from tinytitan.data.loader import DataLoader
-from tinytitan.data.sources import build_streams, tokenizer_vocab_size
+from tinytitan.data.sources import build_streams, document_bos_id, tokenizer_vocab_size
 from tinytitan.dtypes import torch_dtype
 from tinytitan.errors import run_entry_point
 from tinytitan.files import atomic_write_text
 from tinytitan.kernels.cross_entropy import IGNORE_INDEX
 from tinytitan.metrics import MetricsLogger, Throughput, step_values
+from tinytitan.models.attention import AttentionOptions
 from tinytitan.models.llama import build_model, count_parameters, select_kernels
 from tinytitan.optim import build_lr_scheduler, build_optimizer
 from tinytitan.parallel import Precision, all_reduce_sum, is_main_process, main_process_first, parallel_env, parallelize
@@ -54,10 +55,12 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
         # vocab_size 0: the tokenizer's; no flavor: initial_load_path's saved arguments, if any
         args = model_args(config.model, tokenizer_vocab_size(config.data), config.checkpoint)
         stream, validation, data_summary = build_streams(config.data, args.vocab_size, t.seq_len, t.seed)
+        per_document, bos_id = config.data.document_positions == "per_document", document_bos_id(config.data)
+        attention = AttentionOptions(config.model.attention, config.data.document_masking, per_document, bos_id)
     config.model = with_shape(config.model, args)  # the saved config.toml says the shape itself
     accumulation, precision = accumulation_steps(t, env.world_size), Precision.of(t.mixed_precision, env.device)
     torch.manual_seed(t.seed)  # the full model, initialised alike on every rank: any number of ranks starts alike
-    model = build_model(args, env.device, select_kernels(config.model.kernels, env.device))
+    model = build_model(args, env.device, select_kernels(config.model.kernels, env.device), attention)
     parallelize(model, env, precision, config.activation_checkpoint, config.compile, config.parallelism)
     optimizer = build_optimizer(model, config.optimizer, env.device)
     scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, t.steps)
@@ -80,8 +83,8 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
     if is_main_process():
         print(
             f"model of {shape_source(config.model, config.checkpoint)} ({describe_shape(args)}): "
-            f"{count_parameters(model):,} parameters, {model.kernels_name} kernels, {env.world_size} rank(s) on "
-            f"{env.device.type}; data: {data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x "
+            f"{count_parameters(model):,} parameters, {model.kernels_name} kernels, {attention.describe()}, "
+            f"{env.world_size} rank(s) on {env.device.type}; data: {data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x "
             f"{t.seq_len} tokens per rank per step",
             flush=True,
         )

@@ -8,6 +8,8 @@ group. So a mistake is one line and exit status 2, never a failure report from e
 module does not import torch: the launcher is told the device count rather than asking torch.
 """
 
+import importlib.util
+
 from tinytitan.config.model_shape import model_args, shape_source
 from tinytitan.config.schema import ConfigError, Data, JobConfig, LRScheduler, Parallelism, Training, toml_value
 
@@ -30,6 +32,11 @@ def check_consistency(config: JobConfig) -> None:
         )
     _check_warmup(config.lr_scheduler, config.training.steps)
     _check_sources(config.data)
+    if config.data.document_masking and config.model.attention == "sdpa":
+        raise ConfigError(
+            'data.document_masking = true: model.attention = "sdpa" attends across the whole window: '
+            'expected model.attention = "flex" (or "flash" on CUDA)'
+        )
 
 
 def _check_warmup(schedule: LRScheduler, steps: int) -> None:
@@ -112,9 +119,27 @@ def check_devices(training: Training, processes_per_node: int, cuda_devices: int
         )
 
 
+def check_attention(config: JobConfig, cuda_devices: int) -> None:
+    """model.attention = "flash" needs the flash-attn package, a CUDA device and bfloat16."""
+    if config.model.attention != "flash":
+        return
+    device = config.training.device
+    on = "cuda" if device == "cuda" or (device == "auto" and cuda_devices > 0) else "cpu"
+    if importlib.util.find_spec("flash_attn") is None:
+        why = "the flash-attn package is not installed: expected pip install 'tinytitan[flash]' on a CUDA machine"
+    elif on != "cuda":
+        why = "flash-attn runs on CUDA only and this run is on the CPU"
+    elif config.training.mixed_precision == "float32":
+        why = 'flash-attn computes in bfloat16: expected training.mixed_precision = "auto" or "bfloat16"'
+    else:
+        return
+    raise ConfigError(f'model.attention = "flash": {why} (or model.attention = "flex" / "sdpa")')
+
+
 def check_runtime(config: JobConfig, world_size: int, processes_per_node: int, cuda_devices: int) -> None:
     """Every check that depends on the number of ranks and devices: the batch divides into the
     ranks' micro-batches, the mesh degrees multiply to the world size, and the devices are there."""
     check_devices(config.training, processes_per_node, cuda_devices)
+    check_attention(config, cuda_devices)
     mesh_degrees(config.parallelism, world_size)
     accumulation_steps(config.training, world_size)

@@ -90,6 +90,12 @@ class Model:
         "RMSNorm, rotary, SwiGLU and loss: fused Triton kernels or plain PyTorch; auto: triton on CUDA, torch on CPU",
         choices=("auto", "triton", "torch"),
     )
+    attention: str = option(
+        "sdpa",
+        "attention backend: sdpa (PyTorch's, causal only), flex (FlexAttention: causal or document-masked), "
+        "flash (the flash-attn package, CUDA only: pip install 'tinytitan[flash]')",
+        choices=("sdpa", "flex", "flash"),
+    )
 
 
 @dataclass
@@ -157,6 +163,16 @@ class Data:
     )
     cache_dir: str = option("~/.cache/tinytitan", "where the built-in corpus is prepared once and reused")
     num_workers: int = option(2, "loader worker processes per rank (0: load in the training process)", min=0)
+    document_masking: bool = option(
+        False,
+        "a token attends only to earlier tokens of its own document (documents start at the bos token; needs "
+        'model.attention = "flex" or "flash"); false: across the whole window, as TinyLlama trained',
+    )
+    document_positions: str = option(
+        "window",
+        "rotary positions: window (0..seq_len-1 across the packed documents) or per_document (from 0 at each bos)",
+        choices=("window", "per_document"),
+    )
 
 
 @dataclass

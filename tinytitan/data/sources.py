@@ -118,6 +118,27 @@ def tokenizer_vocab_size(data: Data) -> int | None:
     return max(read_manifest(source.path)["tokenizer"]["vocab_size"] for source in sources)
 
 
+def document_bos_id(data: Data) -> int | None:
+    """The token every document of the data starts with, when document masking or per-document
+    positions need it (else None). Data prepared without bos (prepare_data.py --no-bos) or synthetic
+    tokens have no such token: refused, since their windows cannot be split into documents."""
+    if not data.document_masking and data.document_positions == "window":
+        return None
+    wanted = "data.document_masking = true" if data.document_masking else 'data.document_positions = "per_document"'
+    if data.dataset == "synthetic":
+        raise UserError(f'{wanted}: data.dataset = "synthetic" has no documents: expected prepared data')
+    sources, _ = resolve_sources(data)
+    for source in sources:
+        manifest = read_manifest(source.path)
+        if manifest.get("settings", {}).get("bos") is not True or manifest["tokenizer"].get("bos_id") is None:
+            raise UserError(
+                f"{wanted}: data source {source.name!r} ({source.path}) was prepared without a bos token "
+                "starting each document (its manifest's settings): expected data prepared with bos "
+                "(scripts/prepare_data.py without --no-bos)"
+            )
+    return read_manifest(sources[0].path)["tokenizer"]["bos_id"]
+
+
 def build_streams(data: Data, vocab_size: int, seq_len: int, seed: int) -> tuple[Stream, dict[str, SampleStream], str]:
     """The global training stream, each source's validation stream, and a few words on them."""
     if data.dataset == "synthetic":
