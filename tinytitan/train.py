@@ -84,8 +84,8 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
         print(
             f"model of {shape_source(config.model, config.checkpoint)} ({describe_shape(args)}): "
             f"{count_parameters(model):,} parameters, {model.kernels_name} kernels, {attention.describe()}, "
-            f"{env.world_size} rank(s) on {env.device.type}; data: {data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x "
-            f"{t.seq_len} tokens per rank per step",
+            f"{env.world_size} rank(s) on {env.device.type}; data: {data_summary}; {accumulation} micro-steps of "
+            f"{t.micro_batch_size} x {t.seq_len} tokens per rank per step",
             flush=True,
         )
     max_norm = t.max_norm or math.inf  # inf: measure the norm, clip nothing

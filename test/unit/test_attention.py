@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import debug_config, prepare, write_lines
+from helpers import DOCUMENT_MASKING, debug_config, prepare, write_lines
 
 from tinytitan.errors import UserError
 from tinytitan.generation import generate
@@ -178,9 +178,7 @@ def test_flex_without_masking_trains_like_sdpa(tmp_path, corpus_cache):
 
 def test_document_masked_training_resumes_exactly(tmp_path, corpus_cache):
     masked = (
-        "--model.attention=flex",
-        "--data.document_masking=true",
-        "--data.document_positions=per_document",
+        *DOCUMENT_MASKING,
         "--training.steps=4",
         "--lr_scheduler.warmup_steps=2",
         "--checkpoint.enable",

@@ -94,6 +94,8 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
         ("", ["--lr_scheduler.min_lr=1", "--optimizer.lr=0.1"], ["lr_scheduler.min_lr = 1.0", "at most optimizer.lr"]),
         ("", ["training.steps=3"], ["argument 'training.steps=3'", "--section.key=value"]),
         ("", ["--data.dataset=sources"], ["data.sources is empty", "[[data.sources]]"]),
+        ("", ["--data.document_masking"], ["data.document_masking = true", 'expected model.attention = "flex"']),
+        ("", ["--model.attention=flesh"], ['model.attention = "flesh"', "'sdpa', 'flex', 'flash'"]),
         ('[[data.sources]]\nname = "a"\npat = "/x"\n', [], ["job.toml", "unknown key 'data.sources[0].pat'"]),
         ('[[data.sources]]\nname = "a"\npath = "/x"\nweight = 0\n', [], ["data.sources[0].weight = 0", "> 0.0"]),
         ("", ["--data.sources=[1, 2]"], ["data.sources: expected an array of tables with the keys name"]),
