@@ -26,6 +26,9 @@ from tinytitan.models.llama import ModelArgs, build_model
 from tinytitan.run_folder import RunFolder
 from tinytitan.train import train
 
+# One thread: on a shared 2-core machine two threads contend, and flex's unfused CPU path suffers most.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 BOS = 1
 SEQ = 37  # not a multiple of FlexAttention's 128-token blocks, nor of anything else
 TINY = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=61, ffn_hidden_dim=96, max_seq_len=64)
@@ -157,9 +160,9 @@ def training_losses(tmp_path, corpus_cache, *overrides) -> dict[int, float]:
         debug_config(
             tmp_path,
             corpus_cache,
-            "--training.global_batch_tokens=512",
+            "--training.global_batch_tokens=256",
             "--data.num_workers=0",
-            "--training.micro_batch_size=8",  # one micro-step per step
+            "--training.micro_batch_size=4",  # one micro-step per step
             *overrides,
         )
     )
@@ -179,17 +182,17 @@ def test_flex_without_masking_trains_like_sdpa(tmp_path, corpus_cache):
 def test_document_masked_training_resumes_exactly(tmp_path, corpus_cache):
     masked = (
         *DOCUMENT_MASKING,
-        "--training.steps=4",
-        "--lr_scheduler.warmup_steps=2",
+        "--training.steps=3",
+        "--lr_scheduler.warmup_steps=1",
         "--checkpoint.enable",
         "--checkpoint.interval=2",
         "--checkpoint.keep_latest_k=0",
     )
     whole = training_losses(tmp_path, corpus_cache, *masked)
-    shutil.rmtree(RunFolder.of_job(tmp_path, "debug").checkpoint(4))  # the run resumes from step 2
+    shutil.rmtree(RunFolder.of_job(tmp_path, "debug").checkpoint(3))  # the run resumes from step 2
     resumed = training_losses(tmp_path, corpus_cache, *masked)
-    assert sorted(resumed) == [3, 4]
-    assert resumed == {step: whole[step] for step in (3, 4)}  # bitwise
+    assert sorted(resumed) == [3]
+    assert resumed[3] == whole[3]  # bitwise
 
 
 def test_masking_refuses_data_without_documents(tmp_path, corpus_cache, tokenizer):
