@@ -112,13 +112,15 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: None
 def _block_mask(mask_mod, batch: int | None, seq: int, device: torch.device) -> BlockMask:
     # On CUDA the mask is built by compiled code (no [batch, seq, seq] tensor is materialised);
     # elsewhere eagerly, which also keeps the CPU tests free of a compile.
-    build = _compiled_create_block_mask() if device.type == "cuda" else create_block_mask
+    build = _compiled(create_block_mask) if device.type == "cuda" else create_block_mask
     return build(mask_mod, batch, None, seq, seq, device=device)
 
 
 @functools.cache
-def _compiled_create_block_mask():
-    return torch.compile(create_block_mask)
+def _compiled(function):
+    """torch.compile(function), made on first use: importing the compiler costs seconds, which
+    nothing that does not use flex on CUDA should pay."""
+    return torch.compile(function)
 
 
 def causal_block_mask(tokens: torch.Tensor) -> BlockMask:
@@ -157,15 +159,11 @@ flex_module._validate_device = _validate_device_allowing_cpu_backward
 flex_module._WARNINGS_SHOWN.add("flex_attention_performance")
 
 
-@functools.cache
-def _compiled_flex_attention():
-    return torch.compile(flex_module.flex_attention)
-
-
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
-    # On CUDA flex must be compiled to be a fused kernel (inside a compiled block, dynamo inlines it);
-    # elsewhere it runs unfused.
-    attend = _compiled_flex_attention() if q.device.type == "cuda" else flex_module.flex_attention
+    # On CUDA flex must be compiled to be a fused kernel: by the block's compile when there is one,
+    # else on its own. Elsewhere it runs unfused.
+    alone = q.device.type == "cuda" and not torch.compiler.is_compiling()
+    attend = _compiled(flex_module.flex_attention) if alone else flex_module.flex_attention
     out = attend(
         q.transpose(1, 2),
         k.transpose(1, 2),
