@@ -150,13 +150,14 @@ def _validate_device_allowing_cpu_backward(query, key, value) -> None:
         _torch_validate_device(query, key, value)
 
 
-_torch_validate_device = flex_module._validate_device
-
-
-# Set once, on import (before any flex call is traced): it relaxes only the refusal above.
-flex_module._validate_device = _validate_device_allowing_cpu_backward
+# Private torch internals, relaxed once on import (before any flex call is traced) and only where
+# this torch has them: a torch without the check has nothing to relax, and CUDA is never affected.
+_torch_validate_device = getattr(flex_module, "_validate_device", None)
+if _torch_validate_device is not None:
+    flex_module._validate_device = _validate_device_allowing_cpu_backward
 # Unfused is what flex is meant to be off CUDA here: torch's advice to compile it would mislead.
-flex_module._WARNINGS_SHOWN.add("flex_attention_performance")
+if isinstance(getattr(flex_module, "_WARNINGS_SHOWN", None), set):
+    flex_module._WARNINGS_SHOWN.add("flex_attention_performance")
 
 
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
