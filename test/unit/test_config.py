@@ -65,9 +65,10 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
             "--optimizer.lr=0.00123",
             "--lr_scheduler.min_lr=1e-5",
             "--data.dataset=sources",
-            '--data.sources=[{name="a", path="/p q", weight=2}, {name="b", path="/r"}]',
+            '--data.sources=[{name="a", path="/p q", weight=2}, {name="b", path="/r", weight=[[0, 0], [30, 1.5]]}]',
         ]
     )
+    assert config.data.sources[1].weight == [[0, 0.0], [30, 1.5]]
     path = write_job_file(tmp_path, to_toml(config))
     reloaded = load_config([f"--job.config_file={path}"])
     assert dataclasses.replace(reloaded, job=dataclasses.replace(reloaded.job, config_file="")) == config
@@ -97,6 +98,23 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
         ('[[data.sources]]\nname = "a"\npat = "/x"\n', [], ["job.toml", "unknown key 'data.sources[0].pat'"]),
         ('[[data.sources]]\nname = "a"\npath = "/x"\nweight = 0\n', [], ["data.sources[0].weight = 0", "> 0.0"]),
         ("", ["--data.sources=[1, 2]"], ["data.sources: expected an array of tables with the keys name"]),
+        # a weight schedule: steps in order, values >= 0, never every source at 0
+        (
+            '[[data.sources]]\nname = "a"\npath = "/x"\nweight = [[10, 1.0], [5, 2.0]]\n',
+            [],
+            ["data.sources[0].weight = [[10, 1.0], [5, 2.0]]", "> 0.0, or a schedule [[step, value], ...]"],
+        ),
+        ('[[data.sources]]\nname = "a"\npath = "/x"\nweight = [[0, -1]]\n', [], ["weight = [[0, -1]]", "values >= 0"]),
+        (
+            "",
+            [
+                "--data.dataset=sources",
+                '--data.sources=[{name="a", path="/x", weight=[[0, 1], [4, 0], [9, 1]]}, '
+                '{name="b", path="/y", weight=[[4, 0], [8, 1]]}]',
+            ],
+            ["data.sources: every weight is 0 at step 4"],
+        ),
+        ("", ["--checkpoint.initial_load_optimizer"], ["initial_load_optimizer = true", "initial_load_path"]),
         (
             "",
             ["--data.dataset=sources", '--data.sources=[{name="a", path="/x"}, {name="a", path="/y"}]'],
