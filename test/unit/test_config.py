@@ -8,6 +8,7 @@ import torch
 from helpers import write_job_file
 
 from tinytitan.config import ConfigError, DataSource, JobConfig, accumulation_steps, load_config, to_toml
+from tinytitan.config.schedules import schedule_value
 
 
 def test_no_arguments_gives_the_defaults():
@@ -175,6 +176,27 @@ def test_tinyllama_recipe_carries_the_published_hyperparameters():
         assert [(d.name, d.weight) for d in config.data.sources] == [("slimpajama", 0.693584), ("starcoder", 0.306416)]
         assert config.checkpoint.interval == 5000 and t.mixed_precision == "bfloat16" and config.compile.enable
         assert accumulation_steps(config.training, ranks) == accumulation
+
+
+def test_continued_pretraining_recipes_carry_their_sources_numbers():
+    code = load_config(["--job.config_file=train_configs/tinyllama_1b_code_continue.toml"])
+    t, s = code.training, code.lr_scheduler
+    assert (t.global_batch_tokens, t.steps, code.optimizer.lr, s.min_lr, s.warmup_steps) == (
+        360 * 2048,
+        10000,
+        2e-4,
+        2e-5,
+        0,
+    )
+    assert accumulation_steps(t, 6) == 10 and [d.name for d in code.data.sources] == ["starcoder"]
+    stage2 = load_config(["--job.config_file=train_configs/tinyllama_1b_v1_1_stage2.toml"])
+    weights = [d.weight for d in stage2.data.sources]
+    ramp_end = weights[1][-1][0]
+    assert ramp_end * stage2.training.global_batch_tokens == pytest.approx(6e9, rel=1e-3)  # "the first ~6B tokens"
+    for step, shares in ((0, [1.0, 0.0, 0.0]), (ramp_end // 2, [0.875, 0.075, 0.05]), (ramp_end, [0.75, 0.15, 0.1])):
+        values = [schedule_value(w, step) for w in weights]
+        assert [v / sum(values) for v in values] == pytest.approx(shares, abs=2e-4)
+    assert accumulation_steps(stage2.training, 16) == 7
 
 
 def _keys():
