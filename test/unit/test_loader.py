@@ -350,3 +350,23 @@ def test_a_resume_with_other_weights_and_a_new_source_continues_each_source(caps
     assert resumed.source_counters()["data/fall/samples"] == sum(t == 2 for t, _ in rows) + sum(
         row[0] == 2 for row in again_rows.tolist()
     )
+
+
+def test_a_changed_global_batch_continues_each_source_and_keeps_the_schedules_on_their_steps(capsys):
+    """6 samples a step for 9 steps, then 12: the ramp's steps stay the run's steps."""
+    first = DataLoader(scheduled(), 6)
+    before = per_step([first], 9)
+    resumed = DataLoader(scheduled(samples_per_step=12), 12)
+    resumed.load_state_dict(first.state_dict())
+    assert capsys.readouterr().out.strip() == (
+        "resume: 6 -> 12 samples per step (training.global_batch_tokens / seq_len) from sample 54 (step 9): "
+        "each source continues at its next sample"
+    )
+    rows = torch.cat(before + per_step([resumed], 12))[:, :2].tolist()
+    for tag in range(3):
+        assert [k for t, k in rows if t == tag] == list(range(sum(t == tag for t, _ in rows)))
+    for b in range(8):  # block b of the new segment starts at step 9 + 16 b / 12
+        block = [t for t, _ in rows[54 + 16 * b : 54 + 16 * (b + 1)]]
+        weights = [schedule_value(w, 9 + 16 * b // 12) for w in (RAMP, 1.0, FALL)]
+        for source, weight in enumerate(weights):
+            assert abs(block.count(source) - weight / sum(weights) * 16) < 1, (b, source)

@@ -8,14 +8,18 @@ tokens, it is steps x samples per step). Restoring it restarts the workers at th
 resuming is exact with any num_workers, costs nothing, and works on a different number of ranks.
 
 A position means something only for the stream it counts samples of: the stream's `settings`
-(seq_len, seed, dataset kind, sources with their weights and sizes; see sources.stream_settings)
-are saved beside it, and a state saved under other settings is refused with one line naming the
-setting, rather than continued in a stream that would skip or repeat data. The global batch and the
-number of ranks may change: they only decide how many of the next samples each step takes.
+(seq_len, seed, dataset kind; see sources.stream_settings) are saved beside it, and a state saved
+under other settings is refused with one line naming the setting, rather than continued in a stream
+that would skip or repeat data. A mixture also saves its data plan (plan.py) and each source's
+samples so far: a resume with other sources or weights continues the plan in a new segment, and
+says so. The global batch and the number of ranks may change: they only decide how many of the
+next samples each step takes.
 
 DCP refuses a checkpoint that lacks a key the loader asks for, so the state keeps its one key,
-"position", which now holds JSON text {"sample": N, "settings": {...}}; a bare integer there is a
-checkpoint saved before settings were recorded, and is resumed unchecked.
+"position", which now holds JSON text {"sample": N, "settings": {...}, "plan": [...], "consumed":
+{...}}; without "plan" it was saved before plans (its settings then name the sources and their
+shares, which must match), and a bare integer there is a checkpoint saved before settings were
+recorded, resumed unchecked.
 """
 
 import json

@@ -8,8 +8,8 @@ sources or weights, the plan gets a new segment that starts at the saved global 
 - a source new to the plan starts at its own sample 0;
 - a source left out gives no more samples (its count stays in the plan);
 - a weight schedule's steps are the run's optimizer steps: a resume continues the step count, a new
-  run counts from 0; a changed global batch with scheduled weights is a new segment too, since the
-  step of a sample changes.
+  run counts from 0; a changed global batch is a new segment too, since the step of a sample changes
+  (the sources continue all the same; only the order of the samples to come is drawn anew).
 
 Segment k > 0 draws its blocks from (seed, k), so sample i stays a pure function of (data, seed,
 plan, i) and resuming stays O(1): the checkpoint holds every segment (start sample, start step,
@@ -80,13 +80,13 @@ def _segment(stream: MixedStream, history: list[dict], record: dict, offsets: di
 
 
 def _same_mixture(stream: MixedStream, last: dict, new_run: bool) -> bool:
-    """Whether the last segment goes on as it was: the same sources with the same weights, and, when a
-    weight follows a schedule, the same steps for the same samples."""
+    """Whether the last segment goes on as it was: the same sources with the same weights, the same
+    samples per step (the step of a sample places the schedules of this and any later segment), and
+    for a new run, no schedule (whose steps would count anew)."""
     weights = {name: source["weight"] for name, source in last["sources"].items()}
-    if weights != dict(zip(stream.names, stream.weights)):
+    if weights != dict(zip(stream.names, stream.weights)) or last["samples_per_step"] != stream.samples_per_step:
         return False
-    scheduled = any(isinstance(weight, list) for weight in stream.weights)
-    return not scheduled or (not new_run and last["samples_per_step"] == stream.samples_per_step)
+    return not (new_run and any(isinstance(weight, list) for weight in stream.weights))
 
 
 def _refuse_changed_data(stream: MixedStream, last: dict) -> None:
@@ -114,9 +114,11 @@ def _describe(stream: MixedStream, last: dict, consumed: dict[str, int], positio
             )
     for name in before.keys() - set(stream.names):
         lines.append(f"resume: data source {name!r} is left out {where}, after {consumed.get(name, 0)} samples")
-    if not lines:  # the same weights, with a schedule whose steps restart or change their samples
+    if last["samples_per_step"] != stream.samples_per_step:
         lines.append(
-            f"resume: the weight schedules count steps anew {where}: {last['samples_per_step']} -> "
-            f"{stream.samples_per_step} samples per step"
+            f"resume: {last['samples_per_step']} -> {stream.samples_per_step} samples per step "
+            f"(training.global_batch_tokens / seq_len) {where}: each source continues at its next sample"
         )
+    if not lines:  # the same weights and batch: a new run whose weight schedules count its own steps
+        lines.append(f"resume: the weight schedules count this run's steps {where}, each source at its next sample")
     return lines
