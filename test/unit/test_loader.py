@@ -202,6 +202,9 @@ def test_a_checkpoint_saved_before_plans_refuses_other_weights_and_a_moved_folde
         DataLoader(stream_of(corpus_cache, builtin_corpus, weights={"prose": 0.5, "code": 0.5}), 3).load_state_dict(
             state
         )
+    scheduled = stream_of(corpus_cache, builtin_corpus, weights={"prose": [[0, 0.7]], "code": 0.3})
+    with pytest.raises(UserError, match=r"resume: data.sources = .*prose weight \[\[0, 0.7\]\]"):
+        DataLoader(scheduled, 3).load_state_dict(state)  # the same mixture, but not one the checkpoint can tell
     moved = {name: shutil.copytree(path, tmp_path / name) for name, path in builtin_corpus.sources.items()}
     resumed = DataLoader(stream_of(corpus_cache, builtin_corpus, weights={"prose": 7, "code": 3}, moved=moved), 3)
     resumed.load_state_dict(state)  # the same data elsewhere, and the same shares of the weights
@@ -370,3 +373,23 @@ def test_a_changed_global_batch_continues_each_source_and_keeps_the_schedules_on
         weights = [schedule_value(w, 9 + 16 * b // 12) for w in (RAMP, 1.0, FALL)]
         for source, weight in enumerate(weights):
             assert abs(block.count(source) - weight / sum(weights) * 16) < 1, (b, source)
+
+
+def test_a_source_left_out_at_resume_gives_no_more_samples_and_keeps_its_count(capsys):
+    first = DataLoader(scheduled(), 6)
+    before = torch.cat(per_step([first], 8))[:, :2].tolist()
+    resumed = DataLoader(scheduled(weights=(RAMP, 1.0)), 6)
+    resumed.load_state_dict(first.state_dict())
+    given = sum(t == 2 for t, _ in before)
+    assert (
+        capsys.readouterr().out.strip()
+        == f"resume: data source 'fall' is left out from sample 48 (step 8), after {given} samples"
+    )
+    after = torch.cat(per_step([resumed], 8))[:, :2].tolist()
+    assert all(t != 2 for t, _ in after)
+    for tag in range(2):
+        assert [k for t, k in before + after if t == tag] == list(range(sum(t == tag for t, _ in before + after)))
+    assert resumed.source_counters()["data/fall/samples"] == given  # and in the checkpoint, for the next resume
+    again = DataLoader(scheduled(weights=(RAMP, 1.0)), 6)
+    again.load_state_dict(resumed.state_dict())
+    assert json.loads(again.state_dict()["position"])["consumed"]["fall"] == given

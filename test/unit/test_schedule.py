@@ -94,6 +94,7 @@ def test_a_wsd_decay_that_does_not_fit_after_the_warmup_is_refused(flags, messag
     load_config(["--training.steps=20", "--lr_scheduler.decay_type=wsd", *fits])
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the LambdaLR of a checkpoint
 def test_a_resumed_schedule_is_the_new_configs_at_the_saved_step(capsys):
     """Saved at step 30 of a 50-step cosine run; resumed with 120 steps, another peak and WSD: every
     resumed step's lr is the new formula, whatever the checkpoint's optimizer and schedule held."""

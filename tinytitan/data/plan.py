@@ -52,19 +52,23 @@ def continue_plan(
     last = saved_plan[-1]
     _refuse_changed_data(stream, last)
     step = 0 if new_run else last["start_step"] + (position - last["start"]) // last["samples_per_step"]
+    retired = {name: count for name, count in consumed.items() if name not in stream.names}
     if _same_mixture(stream, last, new_run):
-        return _segment(stream, saved_plan[:-1], last, {n: s["first"] for n, s in last["sources"].items()}), []
+        first = {name: source["first"] for name, source in last["sources"].items()}
+        return _segment(stream, saved_plan[:-1], last, first, retired), []
     record = {
         "start": position,
         "start_step": step,
         "samples_per_step": stream.samples_per_step,
         "seed": [*saved_plan[0]["seed"], len(saved_plan)],
     }
-    continued = _segment(stream, saved_plan, record, {name: consumed.get(name, 0) for name in stream.names})
+    continued = _segment(stream, saved_plan, record, {name: consumed.get(name, 0) for name in stream.names}, retired)
     return continued, _describe(stream, last, consumed, position, step)
 
 
-def _segment(stream: MixedStream, history: list[dict], record: dict, offsets: dict[str, int]) -> MixedStream:
+def _segment(
+    stream: MixedStream, history: list[dict], record: dict, offsets: dict[str, int], retired: dict[str, int]
+) -> MixedStream:
     segment = type(stream)(
         stream.streams,
         stream.weights,
@@ -76,6 +80,7 @@ def _segment(stream: MixedStream, history: list[dict], record: dict, offsets: di
         [offsets[name] for name in stream.names],
     )
     segment.settings, segment.identities, segment.history = stream.settings, stream.identities, history
+    segment.retired = retired
     return segment
 
 

@@ -5,6 +5,7 @@ token shards per split and a manifest naming the tokenizer. All sources of a run
 tokenized by the same tokenizer, and it must fit the model's vocabulary.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,8 +163,11 @@ def stream_settings(dataset: str, seq_len: int, seed: int, sources: list[Source]
     checkpoints saved before plans recorded (each source's share of constant weights and its train
     split), to compare with them: a source is known by its name and data, not by its path."""
     settings = {"data.dataset": dataset, "training.seq_len": seq_len, "training.seed": seed}
-    if not sources or any(isinstance(s.weight, list) for s in sources):
+    if not sources:
         return settings
-    total = sum(s.weight for s in sources)
-    described = [f"{s.name} weight {s.weight / total:.6g} ({_identity(s)})" for s in sources]
+    scheduled = any(isinstance(s.weight, list) for s in sources)  # never what an older checkpoint saved
+    weights = [
+        json.dumps(s.weight) if scheduled else f"{s.weight / sum(x.weight for x in sources):.6g}" for s in sources
+    ]
+    described = [f"{s.name} weight {weight} ({_identity(s)})" for s, weight in zip(sources, weights)]
     return settings | {"data.sources": "; ".join(described)}

@@ -115,6 +115,7 @@ class MixedStream:
         # what each source holds ("N train tokens, tokenizer X"), and the plan's earlier segments (plan.py)
         self.identities: dict[str, str] = {}
         self.history: list[dict] = []
+        self.retired: dict[str, int] = {}  # samples of the sources an earlier segment had and this one has not
         self._ramp_blocks = self._first_constant_block()
         self._tail = self._counts_at(np.array([self._ramp_blocks]))[0]
         self._refuse_vanishing_constant_weights()
@@ -185,7 +186,7 @@ class MixedStream:
         counts = self.offsets + self._before(block)
         if within:
             counts = counts + np.bincount(self._block(block)[0][:within], minlength=len(self.names))
-        return {name: int(count) for name, count in zip(self.names, counts)}
+        return self.retired | {name: int(count) for name, count in zip(self.names, counts)}
 
     def __getstate__(self):
         return {key: value for key, value in self.__dict__.items() if key not in ("_block_cache", "_ramp_sums")}
