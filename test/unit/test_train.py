@@ -39,9 +39,10 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, corpus_cach
 
 
 def test_training_mixes_prepared_sources_and_validates_each(tmp_path, builtin_corpus):
+    """Code's weight is scheduled from 0: all 4 steps (32 samples) lie in the first block, at step 0."""
     sources = ", ".join(
         f'{{name="{name}", path="{path}", weight={w}}}'
-        for (name, path), w in zip(builtin_corpus.sources.items(), (3, 1))
+        for (name, path), w in zip(builtin_corpus.sources.items(), (3, "[[0, 0.0], [100, 1.0]]"))
     )
     records = train(
         debug_config(
@@ -58,6 +59,9 @@ def test_training_mixes_prepared_sources_and_validates_each(tmp_path, builtin_co
         )
     )
     assert [record["step"] for record in records] == [1, 2, 3, 4]
+    assert [(r["data/prose/samples"], r["data/prose/tokens_seen"], r["data/code/samples"]) for r in records] == [
+        (8 * step, 8 * step * 64, 0) for step in (1, 2, 3, 4)
+    ]
     for step in (2, 4):
         assert {"val/prose/loss", "val/code/loss", "val/prose/perplexity"} <= set(records[step - 1])
     assert records[3]["val/prose/loss"] < records[1]["val/prose/loss"]  # it learns
