@@ -180,7 +180,13 @@ def test_a_cooldown_from_a_stable_checkpoint_is_the_uninterrupted_decay_bit_for_
     in a new run of 2 steps, carrying the optimizer state and the data position."""
     wsd = ["--lr_scheduler.decay_type=wsd", "--lr_scheduler.decay_steps=2", "--lr_scheduler.decay_shape=1-sqrt"]
     whole = tiny_run(
-        tmp_path, corpus_cache, "--training.steps=6", "--lr_scheduler.warmup_steps=1", "--checkpoint.interval=4", *wsd
+        tmp_path,
+        corpus_cache,
+        "--training.steps=6",
+        "--lr_scheduler.warmup_steps=1",
+        "--checkpoint.interval=4",
+        "--checkpoint.export_dtype=float32",
+        *wsd,
     )
     stable = tmp_path / "debug/checkpoints/step-4"
     cooldown = [f"--checkpoint.initial_load_path={stable}", "--checkpoint.initial_load_data", "--training.steps=2"]
@@ -191,3 +197,13 @@ def test_a_cooldown_from_a_stable_checkpoint_is_the_uninterrupted_decay_bit_for_
     assert whole[-1]["data/prose/tokens_seen"] + whole[-1]["data/code/tokens_seen"] == 6 * 256
     fresh_moments = tiny_run(tmp_path, corpus_cache, "--job.name=fresh", *cooldown)
     assert fresh_moments[0]["loss"] == whole[4]["loss"] and fresh_moments[1]["loss"] != whole[5]["loss"]
+    export = tmp_path / "debug/checkpoints/step-6-model"  # weights only: no optimizer state to carry
+    with pytest.raises(UserError, match=r"initial_load_path .*step-6-model: holds no optimizer state"):
+        tiny_run(
+            tmp_path,
+            corpus_cache,
+            "--job.name=x",
+            "--checkpoint.initial_load_optimizer",
+            *cooldown[1:],
+            f"--checkpoint.initial_load_path={export}",
+        )
