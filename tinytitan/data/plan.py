@@ -6,7 +6,7 @@ sources or weights, the plan gets a new segment that starts at the saved global 
 
 - a source in both keeps its place: its next sample is the one after those it has given so far;
 - a source new to the plan starts at its own sample 0;
-- a source left out gives no more samples (its count stays in the plan);
+- a source left out gives no more samples (its count stays among the checkpoint's per-source counts);
 - a weight schedule's steps are the run's optimizer steps: a resume continues the step count, a new
   run counts from 0; a changed global batch is a new segment too, since the step of a sample changes
   (the sources continue all the same; only the order of the samples to come is drawn anew).
