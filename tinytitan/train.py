@@ -54,7 +54,9 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
     with main_process_first():  # rank 0 prepares the built-in corpus once
         # vocab_size 0: the tokenizer's; no flavor: initial_load_path's saved arguments, if any
         args = model_args(config.model, tokenizer_vocab_size(config.data), config.checkpoint)
-        stream, validation, data_summary = build_streams(config.data, args.vocab_size, t.seq_len, t.seed)
+        stream, validation, data_summary = build_streams(
+            config.data, args.vocab_size, t.seq_len, t.seed, t.global_batch_tokens // t.seq_len
+        )
         per_document, bos_id = config.data.document_positions == "per_document", document_bos_id(config.data)
         attention = AttentionOptions(config.model.attention, config.data.document_masking, per_document, bos_id)
     config.model = with_shape(config.model, args)  # the saved config.toml says the shape itself
@@ -99,6 +101,7 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
         if step == first_step or step % config.metrics.log_freq == 0 or step == t.steps:
             values = step_values(all_reduce_sum(loss), grad_norm, lr, throughput, env.device)
             logger.log(step, values)
+            logger.log_scalars(step, loader.source_counters())
         if validation and config.validation.eval_freq and step % config.validation.eval_freq == 0:
             values = evaluate(model, validation, config.validation, t.micro_batch_size, env, precision)
             logger.log(step, values)

@@ -5,10 +5,12 @@ token shards per split and a manifest naming the tokenizer. All sources of a run
 tokenized by the same tokenizer, and it must fit the model's vocabulary.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tinytitan.config import Data
+from tinytitan.config.schedules import schedule_value
 from tinytitan.data.builtin_corpus import prepare_builtin_corpus
 from tinytitan.data.manifest import read_manifest, split_shards
 from tinytitan.data.shards import read_header
@@ -71,11 +73,22 @@ def _check_fits(source: Source, record: dict, vocab_size: int, tokenizer: Tokeni
         )
 
 
-def training_stream(sources: list[Source], seq_len: int, seed: int) -> MixedStream:
+def training_stream(sources: list[Source], seq_len: int, seed: int, samples_per_step: int = 1) -> MixedStream:
+    """The sources mixed by weight (constant or scheduled over steps of `samples_per_step` samples)."""
     streams = [
         SampleStream(split_shards(s.path, "train"), seq_len, seed=(seed, index)) for index, s in enumerate(sources)
     ]
-    return MixedStream(streams, [s.weight for s in sources], seed=(seed, len(sources)), names=[s.name for s in sources])
+    names, weights = [s.name for s in sources], [s.weight for s in sources]
+    stream = MixedStream(streams, weights, seed=(seed, len(sources)), names=names, samples_per_step=samples_per_step)
+    stream.identities = {s.name: _identity(s) for s in sources}
+    return stream
+
+
+def _identity(source: Source) -> str:
+    """What a source's train split is, whatever its path: its size and tokenizer."""
+    manifest = read_manifest(source.path)
+    tokens, tokenizer = manifest["splits"]["train"]["tokens"], manifest["tokenizer"]["sha256"][:12]
+    return f"{tokens} train tokens, tokenizer {tokenizer}"
 
 
 def validation_streams(sources: list[Source], seq_len: int) -> dict[str, SampleStream]:
@@ -139,29 +152,43 @@ def document_bos_id(data: Data) -> int | None:
     return read_manifest(sources[0].path)["tokenizer"]["bos_id"]
 
 
-def build_streams(data: Data, vocab_size: int, seq_len: int, seed: int) -> tuple[Stream, dict[str, SampleStream], str]:
-    """The global training stream, each source's validation stream, and a few words on them."""
+def build_streams(
+    data: Data, vocab_size: int, seq_len: int, seed: int, samples_per_step: int = 1
+) -> tuple[Stream, dict[str, SampleStream], str]:
+    """The global training stream, each source's validation stream, and a few words on them.
+    `samples_per_step` (global_batch_tokens / seq_len) places scheduled weights on optimizer steps."""
     if data.dataset == "synthetic":
         stream = SyntheticStream(vocab_size, seq_len, seed=(seed,))
         stream.settings = stream_settings(data.dataset, seq_len, seed, [])
         return stream, {}, f"synthetic tokens over {vocab_size} ids"
     sources, tokenizer = resolve_sources(data)
     check_sources(sources, vocab_size, tokenizer)
-    mix = ", ".join(f"{s.name} {s.weight / sum(x.weight for x in sources):.1%}" for s in sources)
-    stream = training_stream(sources, seq_len, seed)
+    stream = training_stream(sources, seq_len, seed, samples_per_step)
     stream.settings = stream_settings(data.dataset, seq_len, seed, sources)
-    return stream, validation_streams(sources, seq_len), f"sources {mix}"
+    return stream, validation_streams(sources, seq_len), f"sources {describe_mix(sources)}"
+
+
+def describe_mix(sources: list[Source]) -> str:
+    """Each source's share of the weights at step 0, and a note on a weight that follows a schedule."""
+    start = [schedule_value(s.weight, 0) for s in sources]
+    return ", ".join(
+        f"{s.name} {w / sum(start):.1%}"
+        + (f" (scheduled to {s.weight[-1][1]:g} at step {s.weight[-1][0]})" if isinstance(s.weight, list) else "")
+        for s, w in zip(sources, start)
+    )
 
 
 def stream_settings(dataset: str, seq_len: int, seed: int, sources: list[Source]) -> dict:
-    """What sample i of the training stream depends on, by the config key that sets it. A source is
-    known by its name, its share of the weights and its train split's size and tokenizer, not by its
-    path: a moved folder holds the same stream, re-prepared data does not."""
-    total = sum(s.weight for s in sources)
-    described = []
-    for s in sources:
-        manifest = read_manifest(s.path)
-        tokens, tokenizer = manifest["splits"]["train"]["tokens"], manifest["tokenizer"]["sha256"][:12]
-        described.append(f"{s.name} weight {s.weight / total:.6g} ({tokens} train tokens, tokenizer {tokenizer})")
+    """What sample i of the training stream depends on, by the config key that sets it; the sources
+    and their weights are the data plan's (plan.py), which a resume may change. "data.sources" is what
+    checkpoints saved before plans recorded (each source's share of constant weights and its train
+    split), to compare with them: a source is known by its name and data, not by its path."""
     settings = {"data.dataset": dataset, "training.seq_len": seq_len, "training.seed": seed}
-    return settings | ({"data.sources": "; ".join(described)} if sources else {})
+    if not sources:
+        return settings
+    scheduled = any(isinstance(s.weight, list) for s in sources)  # never what an older checkpoint saved
+    weights = [
+        json.dumps(s.weight) if scheduled else f"{s.weight / sum(x.weight for x in sources):.6g}" for s in sources
+    ]
+    described = [f"{s.name} weight {weight} ({_identity(s)})" for s, weight in zip(sources, weights)]
+    return settings | {"data.sources": "; ".join(described)}
