@@ -8,9 +8,14 @@ shapes in bf16 (16384 tokens, dim 2048, ffn 5632, 32 query / 4 key-value heads o
   eager    the plain-PyTorch reference
   compile  torch.compile of the reference
   liger    Liger-Kernel's version, when liger_kernel is installed
+and attention (seq 2048, 32 query / 4 key-value heads of 64), causal and within packed documents, as
+  eager    PyTorch's SDPA (causal; for documents, with a dense boolean mask)
+  flex     FlexAttention with a BlockMask (tinytitan.models.attention)
+  flash    flash-attn (flash_attn_func; flash_attn_varlen_func for documents), when installed
 and prints one Markdown table: time, the peak memory above what the inputs hold, effective GB/s of
 the memory-bound kernels (the least traffic fwd + bwd must move, over the time) as a share of a
-measured device-to-device copy, and TFLOP/s of the loss (6 x tokens x vocab x dim).
+measured device-to-device copy, and TFLOP/s of the loss (6 x tokens x vocab x dim) and of attention
+(fwd 4 x d x heads per query-key pair the mask lets through, bwd 2.5 times that).
 
 Without CUDA it runs a smoke version (tiny shapes, Triton interpreter, 2 iterations) so that the
 script cannot rot; its numbers mean nothing.
@@ -19,6 +24,7 @@ script cannot rot; its numbers mean nothing.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -38,6 +44,7 @@ from tinytitan.kernels.cross_entropy import linear_cross_entropy_reference, line
 from tinytitan.kernels.rmsnorm import rms_norm_reference, rms_norm_triton  # noqa: E402
 from tinytitan.kernels.rotary import rotary_reference, rotary_tables, rotary_triton  # noqa: E402
 from tinytitan.kernels.swiglu import swiglu_reference, swiglu_triton  # noqa: E402
+from tinytitan.models import attention  # noqa: E402
 
 TINYLLAMA = dict(batch=8, seq=2048, dim=2048, ffn=5632, heads=32, kv_heads=4, head_dim=64, vocab=32000)
 SMOKE = dict(batch=2, seq=32, dim=64, ffn=96, heads=4, kv_heads=2, head_dim=16, vocab=300)
@@ -109,6 +116,68 @@ def build_cases(shape: dict, device: str, dtype: torch.dtype, compile_backend: s
     cases = [rms, swiglu, rotary, loss]
     add_compiled(cases, compile_backend)
     add_liger(cases, cos, sin, labels)
+    return cases + attention_cases(shape, device, leaf, random)
+
+
+BOS = 1
+
+
+def packed_documents(batch: int, seq: int, device: str) -> torch.Tensor:
+    """Windows of random tokens with a bos at each document start: lengths drawn uniformly from 1
+    to seq/2 (seeded), so a window holds a few documents of varied length, cut at its end."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(2, 1000, (batch, seq), generator=generator)
+    for row in tokens:
+        start = int(torch.randint(0, seq // 2, (), generator=generator))  # the first one began earlier
+        while start < seq:
+            row[start] = BOS
+            start += 1 + int(torch.randint(0, seq // 2, (), generator=generator))
+    return tokens.to(device)
+
+
+def attention_cases(shape: dict, device: str, leaf, random) -> list[Case]:
+    """Attention forward + backward, plain causal and within packed documents: FLOPs count the
+    query-key pairs each mask lets through (fwd 4 x d per pair and head, bwd 2.5 times the fwd)."""
+    batch, seq, heads, kv_heads, head_dim = (shape[k] for k in ("batch", "seq", "heads", "kv_heads", "head_dim"))
+    tokens = packed_documents(batch, seq, device)
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=device).tril()
+    ids = attention.document_ids(tokens, BOS)
+    documents = causal & (ids[:, :, None] == ids[:, None])
+    flash = importlib.util.find_spec("flash_attn") is not None and device == "cuda"
+    cases = []
+    for name, masked, allowed in (
+        ("attention_causal", False, causal.expand(batch, seq, seq)),
+        ("attention_documents", True, documents),
+    ):
+        options = attention.AttentionOptions("flex", document_masking=masked, bos_id=BOS)
+        flex_mask = attention.document_layout(tokens, options).mask
+        dense = allowed[:, None]  # [batch, 1, seq, seq] for SDPA
+
+        def eager(q, k, v, dense=dense, masked=masked):
+            if not masked:
+                return attention.sdpa_attention(q, k, v)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=dense, enable_gqa=True
+            )
+            return out.transpose(1, 2)
+
+        impls = {"eager": eager, "flex": lambda q, k, v, m=flex_mask: attention.flex_attention(q, k, v, m)}
+        if flash:
+            lengths = attention.cumulative_lengths(tokens, BOS) if masked else None
+            impls["flash"] = lambda q, k, v, m=lengths: attention.flash_attention(q, k, v, m)
+        cases.append(
+            Case(
+                name,
+                lambda: [
+                    leaf(batch, seq, heads, head_dim),
+                    leaf(batch, seq, kv_heads, head_dim),
+                    leaf(batch, seq, kv_heads, head_dim),
+                ],
+                lambda: [random(batch, seq, heads, head_dim)],
+                impls,
+                flops=14 * int(allowed.sum()) * heads * head_dim,
+            )
+        )
     return cases
 
 

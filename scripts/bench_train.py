@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import datetime
 import gc
+import importlib.util
 import io
 import json
 import platform
@@ -37,12 +38,32 @@ from tinytitan.models.llama import FLAVORS, Transformer, count_parameters
 from tinytitan.train import train
 
 BASELINE = "transformers"
+# Document masking needs documents: the built-in corpus (bos-delimited, its own 4096-piece tokenizer,
+# so the vocabulary is set to the flavor's 32000 to keep the model, and its FLOPs, the same).
+DOCUMENTS = (
+    "--data.dataset=builtin --model.vocab_size=32000 --data.document_masking=true "
+    "--data.document_positions=per_document"
+)
 GPU_VARIANTS = [
     "triton kernels + compile=--model.kernels=triton --compile.enable --training.micro_batch_size=8",
     "torch kernels + compile=--model.kernels=torch --compile.enable --training.micro_batch_size=8",
     "triton kernels, eager=--model.kernels=triton --training.micro_batch_size=8",
     "triton + compile + full AC, mbs 16=--model.kernels=triton --compile.enable --activation_checkpoint.mode=full "
     "--training.micro_batch_size=16",
+    "flex causal + triton + compile=--model.attention=flex --model.kernels=triton --compile.enable "
+    "--training.micro_batch_size=8",
+    f"flex documents + triton + compile=--model.attention=flex {DOCUMENTS} --model.kernels=triton --compile.enable "
+    "--training.micro_batch_size=8",
+    *(
+        [
+            "flash causal + triton + compile=--model.attention=flash --model.kernels=triton --compile.enable "
+            "--training.micro_batch_size=8",
+            f"flash documents + triton + compile=--model.attention=flash {DOCUMENTS} --model.kernels=triton "
+            "--compile.enable --training.micro_batch_size=8",
+        ]
+        if importlib.util.find_spec("flash_attn")
+        else []
+    ),
     f"{BASELINE}=--training.micro_batch_size=8",
 ]
 # On a CPU the loader's worker processes would compete with the model for the few cores.

@@ -87,6 +87,10 @@ def overrides(run_root, corpus_cache, *extra):
     ]
 
 
+# Document masking through flex with per-document positions: the masked variant of a run.
+DOCUMENT_MASKING = ("--model.attention=flex", "--data.document_masking=true", "--data.document_positions=per_document")
+
+
 def small_run(run_root, corpus_cache, *extra):
     """A 10-step run of short sequences that validates every 5 steps."""
     return [

@@ -130,6 +130,12 @@ class MetricsLogger:
             for name, value in values.items():
                 self._writer.add_scalar(name, value, step)
 
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """TensorBoard scalars and records, without a printed line (counters such as data/<source>/tokens_seen)."""
+        add_record(self.records, step, values)
+        for name, value in values.items() if self._writer is not None else ():
+            self._writer.add_scalar(name, value, step)
+
     def loss_summary(self) -> str | None:
         """The first and the last logged loss, for the closing line of a run (None if none was logged)."""
         logged = [record for record in self.records if "loss" in record]

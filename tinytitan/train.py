@@ -25,12 +25,13 @@ from tinytitan.config import (
     with_shape,
 )
 from tinytitan.data.loader import DataLoader
-from tinytitan.data.sources import build_streams, tokenizer_vocab_size, with_chat_template
+from tinytitan.data.sources import build_streams, document_bos_id, tokenizer_vocab_size, with_chat_template
 from tinytitan.dtypes import torch_dtype
 from tinytitan.errors import run_entry_point
 from tinytitan.files import atomic_write_text
 from tinytitan.kernels.cross_entropy import IGNORE_INDEX
 from tinytitan.metrics import MetricsLogger, Throughput, step_values
+from tinytitan.models.attention import AttentionOptions
 from tinytitan.models.llama import build_model, count_parameters, select_kernels
 from tinytitan.optim import build_lr_scheduler, build_optimizer
 from tinytitan.parallel import Precision, all_reduce_sum, is_main_process, main_process_first, parallel_env, parallelize
@@ -53,12 +54,16 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
     with main_process_first():  # rank 0 prepares the built-in corpus once
         # vocab_size 0: the tokenizer's; no flavor: initial_load_path's saved arguments, if any
         args = model_args(config.model, tokenizer_vocab_size(config.data), config.checkpoint)
-        stream, validation, data_summary = build_streams(config.data, args.vocab_size, t.seq_len, t.seed)
+        stream, validation, data_summary = build_streams(
+            config.data, args.vocab_size, t.seq_len, t.seed, t.global_batch_tokens // t.seq_len
+        )
         config.data = with_chat_template(config.data)  # the saved config.toml names it for an export
+        per_document, bos_id = config.data.document_positions == "per_document", document_bos_id(config.data)
+        attention = AttentionOptions(config.model.attention, config.data.document_masking, per_document, bos_id)
     config.model = with_shape(config.model, args)  # the saved config.toml says the shape itself
     accumulation, precision = accumulation_steps(t, env.world_size), Precision.of(t.mixed_precision, env.device)
     torch.manual_seed(t.seed)  # the full model, initialised alike on every rank: any number of ranks starts alike
-    model = build_model(args, env.device, select_kernels(config.model.kernels, env.device))
+    model = build_model(args, env.device, select_kernels(config.model.kernels, env.device), attention)
     parallelize(model, env, precision, config.activation_checkpoint, config.compile, config.parallelism)
     optimizer = build_optimizer(model, config.optimizer, env.device)
     scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, t.steps)
@@ -81,9 +86,9 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
     if is_main_process():
         print(
             f"model of {shape_source(config.model, config.checkpoint)} ({describe_shape(args)}): "
-            f"{count_parameters(model):,} parameters, {model.kernels_name} kernels, {env.world_size} rank(s) on "
-            f"{env.device.type}; data: {data_summary}; {accumulation} micro-steps of {t.micro_batch_size} x "
-            f"{t.seq_len} tokens per rank per step",
+            f"{count_parameters(model):,} parameters, {model.kernels_name} kernels, {attention.describe()}, "
+            f"{env.world_size} rank(s) on {env.device.type}; data: {data_summary}; {accumulation} micro-steps of "
+            f"{t.micro_batch_size} x {t.seq_len} tokens per rank per step",
             flush=True,
         )
     max_norm = t.max_norm or math.inf  # inf: measure the norm, clip nothing
@@ -97,6 +102,7 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
         if step == first_step or step % config.metrics.log_freq == 0 or step == t.steps:
             values = step_values(all_reduce_sum(loss), grad_norm, lr, throughput, env.device)
             logger.log(step, values)
+            logger.log_scalars(step, loader.source_counters())
         if validation and config.validation.eval_freq and step % config.validation.eval_freq == 0:
             values = evaluate(model, validation, config.validation, t.micro_batch_size, env, precision)
             logger.log(step, values)

@@ -22,3 +22,7 @@ def test_bench_kernels_smoke_run_prints_its_table():
         rows = [line for line in table if line.startswith(f"| {kernel} |")]
         assert any("| triton |" in row for row in rows) and any("| eager |" in row for row in rows), result.stdout
         assert all(re.search(r"\| \d+\.\d+ \|", row) for row in rows), rows
+    for kernel in ("attention_causal", "attention_documents"):  # flex unfused on CPU; flash only with CUDA
+        rows = [line for line in table if line.startswith(f"| {kernel} |")]
+        assert [row.split("|")[2].strip() for row in rows] == ["eager", "flex"], result.stdout
+        assert all(re.search(r"\| \d+\.\d+ \|", row) for row in rows), rows

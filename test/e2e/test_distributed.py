@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from helpers import (
+    DOCUMENT_MASKING,
     REPO_ROOT,
     finish,
     launch,
@@ -30,7 +31,9 @@ from tinytitan.run_folder import RunFolder
 TIED = ("--model.tie_embeddings=true", "--optimizer.lr=1e-3", "--lr_scheduler.min_lr=1e-4", "--checkpoint.enable")
 
 
-@pytest.mark.parametrize("shape", [(), (*TIED, "--checkpoint.interval=5")], ids=["untied", "tied"])
+@pytest.mark.parametrize(
+    "shape", [(), (*TIED, "--checkpoint.interval=5"), DOCUMENT_MASKING], ids=["untied", "tied", "flex-documents"]
+)
 def test_fsdp_on_two_ranks_gives_the_losses_of_one_rank(tmp_path, corpus_cache, shape):
     one = run_command(
         "./run_train.sh",
@@ -48,12 +51,13 @@ def test_fsdp_on_two_ranks_gives_the_losses_of_one_rank(tmp_path, corpus_cache, 
     )
     assert two.returncode == 0, two.stderr[-2000:]
     assert "2 rank(s)" in two.stdout
+    assert ("flex attention within documents, per-document positions" in two.stdout) == (shape == DOCUMENT_MASKING)
     expected, got = losses(tmp_path / "one/debug"), losses(tmp_path / "two/debug")
     assert sorted(got) == list(range(1, 11))
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-5)
     assert expected[10] < expected[1] - 0.5
-    if shape:
+    if TIED[0] in shape:
         assert " tied," in one.stdout
         for run in ("one", "two"):  # the checkpoint holds the tied weight once, under the embedding's name
             reader = FileSystemReader(RunFolder(tmp_path / run / "debug").checkpoint(10))

@@ -7,6 +7,7 @@ document masking, each conversation's losses equal those of the conversation alo
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tinytitan.data.conversations import ConversationStream
 from tinytitan.data.loader import inputs_and_labels
@@ -115,7 +116,7 @@ def test_the_built_in_conversations_train_on_answers_and_name_their_template(cor
     from tinytitan.data.tokenizer import Tokenizer
     from tinytitan.errors import UserError
 
-    data = Data(dataset="builtin_chat", cache_dir=str(corpus_cache), num_workers=0)
+    data = Data(dataset="builtin_chat", cache_dir=str(corpus_cache), num_workers=0, document_masking=True)
     stream, validation, summary = build_streams(data, 4096, seq_len=256, seed=3)
     assert list(validation) == ["chat"] and "conversations in" in summary
     assert stream.settings["data.packing"] is True and with_chat_template(data).chat_template == "tinyllama"
@@ -136,3 +137,45 @@ def test_the_built_in_conversations_train_on_answers_and_name_their_template(cor
     plain = Data(dataset="builtin", cache_dir=str(corpus_cache), chat_template="tinyllama")
     with pytest.raises(UserError, match="data.chat_template = 'tinyllama': the sources were prepared with no chat"):
         with_chat_template(plain)
+    unmasked = Data(dataset="builtin_chat", cache_dir=str(corpus_cache))
+    with pytest.raises(UserError, match="data.packing = true with conversations: expected data.document_masking"):
+        build_streams(unmasked, 4096, seq_len=256, seed=3)
+
+
+def per_conversation_losses(model, stream, conversations: int) -> dict[int, torch.Tensor]:
+    """Each conversation's mean loss over its trained labels, from every window of one epoch."""
+    losses = {}
+    for index in range(stream.windows_per_epoch):
+        batch = torch.from_numpy(stream.sample(index)).unsqueeze(0)
+        inputs, labels = inputs_and_labels(batch)
+        with torch.no_grad():
+            logits = model(inputs)
+        per_token = F.cross_entropy(logits[0], labels[0], ignore_index=IGNORE_INDEX, reduction="none")
+        document = (inputs[0] == BOS).cumsum(0) - 1  # the window's conversation of each input position
+        for position, conversation in enumerate(stream.conversations_in(index)):
+            mine = document == position
+            losses[conversation] = per_token[mine].sum() / (labels[0][mine] != IGNORE_INDEX).sum()
+    assert sorted(losses) == list(range(conversations))
+    return losses
+
+
+def test_packed_with_document_masking_gives_each_conversation_its_losses_alone(data, one_torch_thread):
+    """float32 on CPU: the same weights, once over packed windows with document masking and
+    per-document positions, once with each conversation alone in its row under plain causal SDPA."""
+    from tinytitan.models.attention import AttentionOptions
+    from tinytitan.models.llama import ModelArgs, build_model
+
+    conversations, shards = data
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=VOCAB, ffn_hidden_dim=96, max_seq_len=64)
+    torch.manual_seed(0)
+    packed_model = build_model(args, "cpu", "torch", AttentionOptions("flex", True, True, BOS))
+    alone_model = build_model(args, "cpu", "torch")
+    alone_model.load_state_dict(packed_model.state_dict())
+    packed = ConversationStream(shards, seq_len=40, seed=(5,), bos_id=BOS, eos_id=EOS, packing=True)
+    alone = ConversationStream(shards, seq_len=40, seed=(5,), bos_id=BOS, eos_id=EOS, packing=False)
+    assert packed.windows_per_epoch < alone.windows_per_epoch == len(conversations)
+    together = per_conversation_losses(packed_model, packed, len(conversations))
+    apart = per_conversation_losses(alone_model, alone, len(conversations))
+    for conversation in range(len(conversations)):
+        assert torch.allclose(together[conversation], apart[conversation], rtol=0, atol=1e-5), conversation
+    assert sum(float(loss) > 0 for loss in apart.values()) == len(conversations)  # every one learns something

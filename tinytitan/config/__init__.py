@@ -11,6 +11,7 @@ from tinytitan.config.checks import (
     check_devices,
     check_runtime,
     mesh_degrees,
+    wsd_decay_steps,
 )
 from tinytitan.config.model_shape import describe_shape, model_args, shape_source, with_shape
 from tinytitan.config.parser import help_text, load_config, parse_overrides, to_toml, wants_help
@@ -66,4 +67,5 @@ __all__ = [
     "to_toml",
     "toml_value",
     "wants_help",
+    "wsd_decay_steps",
 ]

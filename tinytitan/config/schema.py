@@ -24,12 +24,17 @@ class ConfigError(UserError):
 INT64_MAX = 2**63 - 1
 
 
-def option(default, doc: str, *, choices=None, aliases=None, min=None, above=None, max=None, below=None):
+def option(
+    default, doc: str, *, choices=None, aliases=None, min=None, above=None, max=None, below=None, schedule=False
+):
     """A config key: its default, a one-line doc, and the values it accepts. `aliases` maps other
-    spellings a user may write (say, from an older config) to the stored one, before `choices` is checked."""
+    spellings a user may write (say, from an older config) to the stored one, before `choices` is checked.
+    `schedule`: a number key that also takes a piecewise-linear schedule over optimizer steps,
+    [[step, value], ...] (see weight_schedule)."""
     if type(default) is int and max is None:
         max = INT64_MAX
     limits = {"choices": choices, "aliases": aliases or {}, "min": min, "above": above, "max": max, "below": below}
+    limits["schedule"] = schedule
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"doc": doc, **limits})
     return field(default=default, metadata={"doc": doc, **limits})
@@ -91,6 +96,12 @@ class Model:
         "RMSNorm, rotary, SwiGLU and loss: fused Triton kernels or plain PyTorch; auto: triton on CUDA, torch on CPU",
         choices=("auto", "triton", "torch"),
     )
+    attention: str = option(
+        "sdpa",
+        "attention backend: sdpa (PyTorch's, causal only), flex (FlexAttention: causal or document-masked), "
+        "flash (the flash-attn package, CUDA only: pip install 'tinytitan[flash]')",
+        choices=("sdpa", "flex", "flash"),
+    )
 
 
 @dataclass
@@ -131,16 +142,33 @@ class LRScheduler:
         20, "steps of linear warmup to the peak lr (fewer than training.steps, so that the decay ends at min_lr)", min=0
     )
     decay_type: str = option(
-        "cosine", "decay from the peak to min_lr after warmup", choices=("cosine", "linear", "constant")
+        "cosine",
+        "decay from the peak to min_lr after warmup; wsd: warmup-stable-decay, the peak until the last decay_steps",
+        choices=("cosine", "linear", "constant", "wsd"),
     )
     min_lr: float = option(4e-5, "learning rate at the last step", min=0.0)
+    decay_steps: int = option(0, "wsd: steps of the final decay, ending at training.steps (0: decay_fraction)", min=0)
+    decay_fraction: float = option(
+        0.2,
+        "wsd, when decay_steps = 0: the final decay's share of training.steps (rounded, at least 1 step)",
+        above=0.0,
+    )
+    decay_shape: str = option(
+        "linear", "wsd: the final decay's shape, linear or 1-sqrt (1 - sqrt(progress))", choices=("linear", "1-sqrt")
+    )
 
 
 @dataclass
 class DataSource:
     name: str = option("", "name of the source in logs (val/<name>/loss)")
     path: str = option("", "folder prepared by scripts/prepare_data.py (it holds manifest.json)")
-    weight: float = option(1.0, "share of the samples drawn from this source (weights are normalised)", above=0.0)
+    weight: float = option(
+        1.0,
+        "share of the samples drawn from this source (weights are normalised), or a schedule over optimizer steps: "
+        "[[step, weight], ...], linear between the points, the first weight before them and the last after them",
+        above=0.0,
+        schedule=True,
+    )
 
 
 @dataclass
@@ -159,6 +187,16 @@ class Data:
     )
     cache_dir: str = option("~/.cache/tinytitan", "where the built-in corpus is prepared once and reused")
     num_workers: int = option(2, "loader worker processes per rank (0: load in the training process)", min=0)
+    document_masking: bool = option(
+        False,
+        "a token attends only to earlier tokens of its own document (documents start at the bos token; needs "
+        'model.attention = "flex" or "flash"); false: across the whole window, as TinyLlama trained',
+    )
+    document_positions: str = option(
+        "window",
+        "rotary positions: window (0..seq_len-1 across the packed documents) or per_document (from 0 at each bos)",
+        choices=("window", "per_document"),
+    )
     chat_template: str = option(
         "",
         "chat template of the conversations (prepare_data --format chat), written into an export's tokenizer; "
@@ -225,6 +263,16 @@ class Checkpoint:
     keep_latest_k: int = option(3, "keep this many newest checkpoints (0: keep all)", min=0)
     initial_load_path: str = option(
         "", "model-only checkpoint to start from when the run folder has none (e.g. converted TinyLlama weights)"
+    )
+    initial_load_optimizer: bool = option(
+        False,
+        "also load the optimizer state (AdamW's moments) of initial_load_path, a full training checkpoint: a "
+        "cooldown from a stable-phase checkpoint; the lr and hyperparameters are still this config's",
+    )
+    initial_load_data: bool = option(
+        False,
+        "also continue initial_load_path's data stream where it stopped (a full training checkpoint): the new run's "
+        "sources continue from their consumed samples, a source new to it starts at its sample 0",
     )
     initial_load_extends_context: bool = option(
         False,
