@@ -7,11 +7,10 @@ logits make greedy choices clear."""
 import io
 import json
 import runpy
-import shutil
 
 import pytest
 import torch
-from helpers import REPO_ROOT, awkward_hf_model
+from helpers import REPO_ROOT
 
 from tinytitan.errors import UserError
 from tinytitan.generation import generate
@@ -28,19 +27,9 @@ NEW_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def chat_folder(tmp_path_factory, small_tokenizer):
-    """The awkward model with room for a conversation (256 positions) and the tokenizer's 320 ids
-    (every id it generates is then text), saved by transformers."""
-    folder = tmp_path_factory.mktemp("chat") / "hf"
-    awkward_hf_model(seed=1, max_position_embeddings=256, vocab_size=320).save_pretrained(folder)
-    shutil.copyfile(small_tokenizer, folder / "tokenizer.model")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def loaded(chat_folder):
-    model, spec = load_model(chat_folder, "cpu", torch.float32)
-    return model, spec, require_tokenizer(spec, chat_folder)
+def loaded(roomy_folder):
+    model, spec = load_model(roomy_folder, "cpu", torch.float32)
+    return model, spec, require_tokenizer(spec, roomy_folder)
 
 
 def greedy_answers(model, tokenizer, template, system=SYSTEM) -> list[str]:
@@ -56,11 +45,11 @@ def greedy_answers(model, tokenizer, template, system=SYSTEM) -> list[str]:
 
 
 @pytest.mark.parametrize("template", ["tinyllama", None])
-def test_chat_script_through_stdin_answers_as_greedy_generation(chat_folder, loaded, template, monkeypatch, capsys):
+def test_chat_script_through_stdin_answers_as_greedy_generation(roomy_folder, loaded, template, monkeypatch, capsys):
     chat = runpy.run_path(str(REPO_ROOT / "scripts/chat.py"), run_name="chat")
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(QUESTIONS) + "\n"))
     chat["main"](
-        [str(chat_folder), "--temperature", "0", "--max-new-tokens", str(NEW_TOKENS), "--system", SYSTEM]
+        [str(roomy_folder), "--temperature", "0", "--max-new-tokens", str(NEW_TOKENS), "--system", SYSTEM]
         + ["--template", template or "none"]
     )
     out = capsys.readouterr()
@@ -92,14 +81,14 @@ def test_the_web_demo_answers_a_two_turn_conversation_through_its_api(loaded):
     assert first_turn == answers[0]  # the page's own chat endpoint, streamed, gives the same
 
 
-def test_the_template_is_the_exported_one_or_named_or_none(chat_folder, loaded, tmp_path):
+def test_the_template_is_the_exported_one_or_named_or_none(roomy_folder, loaded, tmp_path):
     _, spec, _ = loaded
-    assert choose_template("auto", chat_folder, spec) is None  # a base model: plain continuation
-    assert choose_template("none", chat_folder, spec) is None
-    assert choose_template("tinyllama", chat_folder, spec) == "tinyllama"
+    assert choose_template("auto", roomy_folder, spec) is None  # a base model: plain continuation
+    assert choose_template("none", roomy_folder, spec) is None
+    assert choose_template("tinyllama", roomy_folder, spec) == "tinyllama"
     (tmp_path / "tokenizer_config.json").write_text(
         json.dumps({"chat_template": chat_templates.TEMPLATES["tinyllama"]})
     )
     assert choose_template("auto", tmp_path, spec) == "tinyllama"
     with pytest.raises(UserError, match="--template 'zephyr': expected auto, none or one of tinyllama"):
-        choose_template("zephyr", chat_folder, spec)
+        choose_template("zephyr", roomy_folder, spec)
