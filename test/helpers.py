@@ -237,7 +237,7 @@ def train_small_tokenizer(path, **settings):
     return path
 
 
-def awkward_hf_model(seed: int = 0):
+def awkward_hf_model(seed: int = 0, max_position_embeddings: int = 64, vocab_size: int = 331):
     """A random LlamaForCausalLM of awkward sizes (head_dim 16, 3 query heads per KV head, odd
     vocabulary), with weights large enough that its logits are peaked: greedy choices are clear."""
     import transformers
@@ -248,10 +248,10 @@ def awkward_hf_model(seed: int = 0):
         num_attention_heads=6,
         num_key_value_heads=2,
         intermediate_size=200,
-        vocab_size=331,
+        vocab_size=vocab_size,
         rms_norm_eps=1e-6,
         rope_theta=5000.0,
-        max_position_embeddings=64,
+        max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=False,
         bos_token_id=1,
         eos_token_id=2,

@@ -36,6 +36,10 @@ class Tokenizer:
     def eos_id(self) -> int:
         return self._sp.eos_id()
 
+    @property
+    def unk_id(self) -> int:
+        return self._sp.unk_id()
+
     def check_fits(self, vocab_size: int, model: str = "the model") -> "Tokenizer":
         """Refuse a tokenizer with more pieces than the model's vocabulary: its ids would index
         past the embedding table. Returns the tokenizer, for chaining."""

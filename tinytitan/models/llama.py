@@ -66,11 +66,13 @@ def select_kernels(choice: str, device: torch.device) -> str:
 
 class LayerKVCache:
     """One layer's keys and values of the positions seen so far, for generation: each forward
-    appends its positions, and attention then looks at all of them."""
+    appends its positions, and attention then looks at all of them (but at no padding: `keep`)."""
 
-    def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, device, dtype):
-        self.keys = torch.zeros(batch, max_len, n_kv_heads, head_dim, device=device, dtype=dtype)
+    def __init__(self, keep: torch.Tensor, n_kv_heads: int, head_dim: int, dtype):
+        batch, max_len = keep.shape
+        self.keys = torch.zeros(batch, max_len, n_kv_heads, head_dim, device=keep.device, dtype=dtype)
         self.values = torch.zeros_like(self.keys)
+        self.keep = keep  # [batch, max_len], False at padding; shared by every layer
         self.length = 0
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,19 +85,40 @@ class LayerKVCache:
         self.length = end
         return self.keys[:, :end], self.values[:, :end]
 
+    def attention_mask(self, seq: int) -> torch.Tensor:
+        """[batch, 1, seq, length]: the last `seq` positions (the queries) each see every earlier key
+        and themselves, but no padding. A padding query still sees itself, so that its (unused) row
+        of attention has a key and stays finite rather than NaN."""
+        positions = torch.arange(self.length, device=self.keep.device)
+        queries = positions[self.length - seq :, None]
+        causal = positions[None, :] <= queries
+        return causal & (self.keep[:, None, None, : self.length] | (positions[None, :] == queries))
+
 
 class KVCache:
     """Every layer's LayerKVCache. Pass it to `Transformer.forward` to feed a sequence in pieces:
-    each call continues at position `length`."""
+    each call continues at position `length`. Batched generation pads prompts on the left and
+    marks the padding with `mask_padding`; speculative decoding takes back rejected positions
+    with `truncate`."""
 
     def __init__(self, args: "ModelArgs", batch: int, max_len: int, device, dtype=torch.float32):
-        self.layers = [
-            LayerKVCache(batch, max_len, args.n_kv_heads, args.head_dim, device, dtype) for _ in range(args.n_layers)
-        ]
+        self.keep = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        self.layers = [LayerKVCache(self.keep, args.n_kv_heads, args.head_dim, dtype) for _ in range(args.n_layers)]
 
     @property
     def length(self) -> int:
         return self.layers[0].length
+
+    def mask_padding(self, padding: torch.Tensor) -> None:
+        """Hide the positions where `padding` [batch, positions] is True from every later query."""
+        self.keep[:, : padding.shape[1]] &= ~padding.to(self.keep.device)
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on: the next forward continues there."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"KV cache holds {self.length} positions: cannot truncate to {length}")
+        for layer in self.layers:
+            layer.length = length
 
 
 class RMSNorm(nn.Module):
@@ -136,10 +159,10 @@ class Attention(nn.Module):
         q, k = rotate(self.kernels.rotary, q, cos, sin), rotate(self.kernels.rotary, k, cos, sin)
         if cache is None:
             return self.wo(self.attend(q, k, v, mask).reshape(batch, seq, -1))
-        # Generation: whatever the backend, SDPA over the cache, which holds one sequence read causally.
+        # Generation: whatever the backend, SDPA over the cache, which holds one sequence per row
+        # read causally, less its left padding.
         k, v = cache.append(k, v)
-        # The queries are the last `seq` positions: each sees every earlier key and itself.
-        mask = torch.ones(seq, k.shape[1], dtype=torch.bool, device=x.device).tril(k.shape[1] - seq)
+        mask = cache.attention_mask(seq)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
             k.transpose(1, 2),
