@@ -158,3 +158,19 @@ def test_non_finite_steps_in_a_row_stop_the_run_naming_the_step_and_checkpoint(t
     last = RunFolder(tmp_path / "debug").checkpoint(2)  # step 2 was skipped, and saved
     with pytest.raises(TrainingDiverged, match=rf"^training diverged at step 3: 2 non-finite steps in a row .*{last}$"):
         train(config)
+
+
+def test_without_the_guard_a_non_finite_loss_stops_the_run_in_one_line(tmp_path, corpus_cache, monkeypatch):
+    monkeypatch.setenv(NAN_HOOK_VARIABLE, "0:1")  # the update of step 1 makes every weight NaN
+    config = debug_config(
+        tmp_path,
+        corpus_cache,
+        "--training.steps=3",
+        "--lr_scheduler.warmup_steps=1",
+        "--training.global_batch_tokens=512",
+        "--data.num_workers=0",
+    )
+    with pytest.raises(
+        TrainingDiverged, match=r"^training diverged at step 2: the loss is nan .*there is no checkpoint$"
+    ):
+        train(config)
