@@ -88,3 +88,15 @@ def test_a_loss_far_above_the_recent_ones_is_a_spike():
     assert detector.check(5.2) is None
     assert "loss spike: 9.0000" in detector.check(9.0)
     assert SpikeDetector(stddevs=0).check(100.0) is None
+
+
+def test_wandb_without_the_package_is_a_one_line_error(tmp_path, monkeypatch):
+    import sys
+
+    from tinytitan.errors import UserError
+    from tinytitan.wandb_run import WandbRun
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what an environment without it gives: ImportError
+    with pytest.raises(UserError, match=r"^metrics.enable_wandb = true: the wandb package is not installed"):
+        WandbRun(tmp_path / "wandb", "project", "debug", {})
+    assert not (tmp_path / "wandb").exists()
