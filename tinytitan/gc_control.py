@@ -19,5 +19,8 @@ class GarbageCollection:
         gc.collect(1)  # the young generations: what a step leaves behind, in milliseconds
 
     def close(self) -> None:
-        if self.every:
-            gc.enable()
+        restore_automatic_gc()
+
+
+def restore_automatic_gc() -> None:
+    gc.enable()

@@ -30,6 +30,7 @@ from tinytitan.divergence import DivergenceGuard, poison_gradient
 from tinytitan.dtypes import torch_dtype
 from tinytitan.errors import run_entry_point
 from tinytitan.files import atomic_write_text
+from tinytitan.gc_control import restore_automatic_gc
 from tinytitan.kernels.cross_entropy import IGNORE_INDEX
 from tinytitan.models.llama import build_model, count_parameters, select_kernels
 from tinytitan.monitor import Monitor
@@ -44,7 +45,10 @@ def train(config: JobConfig) -> list[dict[str, float]]:
     world_size, per_node = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     check_runtime(config, world_size, per_node, torch.cuda.device_count())  # before any folder, corpus or group
     with parallel_env(config.training.device, config.parallelism) as env:
-        return _train(config, env)
+        try:
+            return _train(config, env)
+        finally:
+            restore_automatic_gc()  # also when training stops with an error (training.gc_freq turned it off)
 
 
 def _train(config: JobConfig, env) -> list[dict[str, float]]:

@@ -4,6 +4,7 @@ tokens seen, the breakdown), Weights & Biases in offline mode read back with wan
 profiler's trace of the requested step only; and the divergence guard stopping a run."""
 
 import contextlib
+import gc
 import io
 import json
 import re
@@ -158,6 +159,7 @@ def test_non_finite_steps_in_a_row_stop_the_run_naming_the_step_and_checkpoint(t
     last = RunFolder(tmp_path / "debug").checkpoint(2)  # step 2 was skipped, and saved
     with pytest.raises(TrainingDiverged, match=rf"^training diverged at step 3: 2 non-finite steps in a row .*{last}$"):
         train(config)
+    assert gc.isenabled()  # training.gc_freq turned automatic collection off for the loop only
 
 
 def test_without_the_guard_a_non_finite_loss_stops_the_run_in_one_line(tmp_path, corpus_cache, monkeypatch):
