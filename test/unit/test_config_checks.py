@@ -120,3 +120,11 @@ def test_run_options_lead_the_config_arguments():
     )
     with pytest.raises(ConfigError, match="--world-size = 'two': expected a whole number"):
         split_run_options(["--world-size=two"])
+
+
+def test_profiling_past_the_last_step_is_refused_only_when_enabled():
+    with pytest.raises(ConfigError, match=r"^profiling.start_step = 11: expected at most training.steps = 10"):
+        load_config(
+            ["--training.steps=10", "--lr_scheduler.warmup_steps=2", "--profiling.enable", "--profiling.start_step=11"]
+        )
+    assert load_config(["--training.steps=10", "--lr_scheduler.warmup_steps=2", "--profiling.start_step=11"])

@@ -30,6 +30,12 @@ def check_consistency(config: JobConfig) -> None:
         )
     _check_warmup(config.lr_scheduler, config.training.steps)
     _check_sources(config.data)
+    profiling = config.profiling
+    if profiling.enable and profiling.start_step > config.training.steps:
+        raise ConfigError(
+            f"profiling.start_step = {profiling.start_step}: expected at most training.steps = "
+            f"{config.training.steps}, so that a step is profiled"
+        )
 
 
 def _check_warmup(schedule: LRScheduler, steps: int) -> None:
