@@ -135,7 +135,12 @@ class MetricsLogger:
     Weights & Biases (`wandb`: a wandb_run.WandbRun); keeps what each step logged in `records`."""
 
     def __init__(
-        self, tensorboard_dir: Path | None, quiet: bool = False, total_steps: int = 0, wandb=None, config: dict = None
+        self,
+        tensorboard_dir: Path | None,
+        quiet: bool = False,
+        total_steps: int = 0,
+        wandb=None,
+        config: tuple[str, dict] | None = None,
     ):
         self._writer, self._quiet, self._total, self._wandb = None, quiet, total_steps, wandb
         self.records: list[dict[str, float]] = []
@@ -143,7 +148,7 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(tensorboard_dir))
-            write_run_description(self._writer, config or {})
+            write_run_description(self._writer, *(config or ("", {})))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         add_record(self.records, step, values)
@@ -178,17 +183,14 @@ class MetricsLogger:
             self._wandb.close()
 
 
-def write_run_description(writer, config: dict[str, dict]) -> None:
-    """The resolved config as text and as hyperparameters (the scalar keys, `section.key`), and a
-    chart that draws the training and the validation loss together."""
+def write_run_description(writer, config_toml: str, config: dict[str, dict]) -> None:
+    """The resolved config as text (the run's config.toml) and as hyperparameters (its scalar keys,
+    `section.key`), and a chart that draws the training and the validation loss together."""
     from torch.utils.tensorboard.summary import hparams
 
+    if config_toml:  # indented: Markdown shows it as code
+        writer.add_text("config", "".join(f"    {line}\n" for line in config_toml.splitlines()))
     if config:
-        lines = [
-            f"    [{section}]\n" + "".join(f"    {k} = {v!r}\n" for k, v in keys.items())
-            for section, keys in config.items()
-        ]
-        writer.add_text("config", "".join(lines))
         flat = {
             f"{section}.{key}": value
             for section, keys in config.items()

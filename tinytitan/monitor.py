@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from tinytitan.config import JobConfig
+from tinytitan.config import JobConfig, to_toml
 from tinytitan.divergence import SpikeDetector, diverged
 from tinytitan.gc_control import GarbageCollection
 from tinytitan.metrics import MetricsLogger, Progress, Throughput, step_values
@@ -29,7 +29,8 @@ class Monitor:
 
             wandb = WandbRun(run.wandb, metrics.wandb_project, config.job.name, sections)
         tensorboard = run.tensorboard if metrics.enable_tensorboard and main else None
-        self.logger = MetricsLogger(tensorboard, not main, config.training.steps, wandb, sections)
+        description = (to_toml(config), sections)
+        self.logger = MetricsLogger(tensorboard, not main, config.training.steps, wandb, description)
         self.throughput = Throughput.of(model, config.training.seq_len, env.device)
         self.progress = Progress(first_step, config.training.steps)
         self.timer, self.spikes = StepTimer(env.device), SpikeDetector(config.training.loss_spike_stddevs)
