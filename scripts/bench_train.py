@@ -194,7 +194,7 @@ def summarize(runs: list[dict], baseline_runs: list[dict] | None) -> dict:
 def run_interleaved(args, log) -> list[dict]:
     """A discarded warm-up run of the first variant, then the variants --repeats times, interleaved."""
     print(f"bench_train: warm-up run of {args.variant[0].partition('=')[0]} (discarded) ...", file=sys.stderr)
-    run_variant(args.variant[0], args, log)
+    run_variant(args.variant[0], argparse.Namespace(**{**vars(args), "steps": 1}), log)  # its numbers are not used
     runs = {spec: [] for spec in args.variant}
     for repeat in range(args.repeats):
         for spec in args.variant:
