@@ -151,7 +151,7 @@ def apply_fsdp(model: Transformer, mesh: DeviceMesh, policy: MixedPrecisionPolic
     for module in model.modules():
         if isinstance(module, FSDPModule):
             # The gradients are summed over the ranks, not averaged: the loss is normalised by the
-            # step's global label count instead (train.train_step). Plain sums also suit gloo,
+            # step's global label count instead (train.forward_backward). Plain sums also suit gloo,
             # which has no averaging or pre-scaled reduction.
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)

@@ -94,5 +94,5 @@ def test_run_train_sh_reports_a_config_mistake_in_one_line(ngpu):
     assert result.stderr.strip().splitlines() == [
         "error: command line: unknown key 'training.stepz': expected one of training.steps, training.seq_len, "
         "training.global_batch_tokens, training.micro_batch_size, training.max_norm, training.mixed_precision, "
-        "training.device, training.seed"
+        "training.device, training.seed, training.skip_nonfinite_steps, training.loss_spike_stddevs, training.gc_freq"
     ]

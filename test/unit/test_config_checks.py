@@ -137,3 +137,11 @@ def test_flash_attention_needs_cuda_and_bfloat16_when_installed(monkeypatch, ove
         check_runtime(load_config(overrides), 1, 1, cuda_devices)
     assert all(fragment in str(error.value) for fragment in fragments), str(error.value)
     check_runtime(load_config(["--model.attention=flash"]), 1, 1, 1)  # installed, on CUDA, bfloat16: accepted
+
+
+def test_profiling_past_the_last_step_is_refused_only_when_enabled():
+    with pytest.raises(ConfigError, match=r"^profiling.start_step = 11: expected at most training.steps = 10"):
+        load_config(
+            ["--training.steps=10", "--lr_scheduler.warmup_steps=2", "--profiling.enable", "--profiling.start_step=11"]
+        )
+    assert load_config(["--training.steps=10", "--lr_scheduler.warmup_steps=2", "--profiling.start_step=11"])

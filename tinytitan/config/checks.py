@@ -48,6 +48,12 @@ def check_consistency(config: JobConfig) -> None:
             'data.document_masking = true: model.attention = "sdpa" attends across the whole window: '
             'expected model.attention = "flex" (or "flash" on CUDA)'
         )
+    profiling = config.profiling
+    if profiling.enable and profiling.start_step > config.training.steps:
+        raise ConfigError(
+            f"profiling.start_step = {profiling.start_step}: expected at most training.steps = "
+            f"{config.training.steps}, so that a step is profiled"
+        )
 
 
 def _check_warmup(schedule: LRScheduler, steps: int) -> None:

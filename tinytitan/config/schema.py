@@ -124,6 +124,23 @@ class Training:
     device: str = option("auto", "auto: CUDA when available, else CPU", choices=("auto", "cuda", "cpu"))
     # torch.manual_seed takes at most 2**64 - 1 (numpy's generators take any size)
     seed: int = option(42, "seed of the initial weights and the data order", min=0, max=2**64 - 1)
+    skip_nonfinite_steps: int = option(
+        0,
+        "divergence guard: a step whose loss or gradient norm is NaN/inf on any rank changes nothing and is "
+        "skipped, and this many skips in a row stop the run (costs one host sync per step); 0: off, a "
+        "non-finite loss at a log step stops the run",
+        min=0,
+    )
+    loss_spike_stddevs: float = option(
+        0.0,
+        "log an event when a logged loss exceeds the mean of the recent ones by this many stddevs (0: off)",
+        min=0.0,
+    )
+    gc_freq: int = option(
+        50,
+        "Python's automatic garbage collection is off in the loop and runs every this many steps (0: automatic)",
+        min=0,
+    )
 
 
 @dataclass
@@ -228,6 +245,20 @@ class Validation:
 class Metrics:
     log_freq: int = option(10, "log a line (and TensorBoard scalars) every this many steps", min=1)
     enable_tensorboard: bool = option(True, "write TensorBoard scalars under <run folder>/tb")
+    enable_wandb: bool = option(
+        False, "log the same scalars to Weights & Biases (pip install wandb; WANDB_MODE=offline works without network)"
+    )
+    wandb_project: str = option("tinytitan", "the Weights & Biases project; the run's name is job.name")
+
+
+@dataclass
+class Profiling:
+    enable: bool = option(False, "trace steps with torch.profiler into <run folder>/profiles/step-<start_step>/")
+    start_step: int = option(5, "the first profiled step (a later one than the first: past the warm-up)", min=1)
+    steps: int = option(2, "profiled steps", min=1)
+    with_memory: bool = option(
+        False, "on CUDA, also record a memory snapshot (for pytorch.org/memory_viz) of the profiled steps"
+    )
 
 
 @dataclass
@@ -302,6 +333,7 @@ class JobConfig:
     data: Data = field(default_factory=Data)
     validation: Validation = field(default_factory=Validation)
     metrics: Metrics = field(default_factory=Metrics)
+    profiling: Profiling = field(default_factory=Profiling)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     parallelism: Parallelism = field(default_factory=Parallelism)
     activation_checkpoint: ActivationCheckpoint = field(default_factory=ActivationCheckpoint)
