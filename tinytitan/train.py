@@ -28,6 +28,7 @@ from tinytitan.data.loader import DataLoader
 from tinytitan.data.sources import build_streams, tokenizer_vocab_size
 from tinytitan.dtypes import torch_dtype
 from tinytitan.errors import run_entry_point
+from tinytitan.evaluation.suite import load_validation_tasks
 from tinytitan.files import atomic_write_text
 from tinytitan.kernels.cross_entropy import IGNORE_INDEX
 from tinytitan.metrics import MetricsLogger, Throughput, step_values
@@ -54,6 +55,7 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
         # vocab_size 0: the tokenizer's; no flavor: initial_load_path's saved arguments, if any
         args = model_args(config.model, tokenizer_vocab_size(config.data), config.checkpoint)
         stream, validation, data_summary = build_streams(config.data, args.vocab_size, t.seq_len, t.seed)
+    tasks = load_validation_tasks(config.validation.tasks, config.data, args.max_seq_len)  # a bad file fails here
     config.model = with_shape(config.model, args)  # the saved config.toml says the shape itself
     accumulation, precision = accumulation_steps(t, env.world_size), Precision.of(t.mixed_precision, env.device)
     torch.manual_seed(t.seed)  # the full model, initialised alike on every rank: any number of ranks starts alike
@@ -97,7 +99,7 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
             values = step_values(all_reduce_sum(loss), grad_norm, lr, throughput, env.device)
             logger.log(step, values)
         if validation and config.validation.eval_freq and step % config.validation.eval_freq == 0:
-            values = evaluate(model, validation, config.validation, t.micro_batch_size, env, precision)
+            values = evaluate(model, validation, config.validation, t.micro_batch_size, env, precision, tasks)
             logger.log(step, values)
             throughput.reset()  # evaluation time is not training throughput
         checkpointer.publish_finished()

@@ -9,7 +9,17 @@ module does not import torch: the launcher is told the device count rather than 
 """
 
 from tinytitan.config.model_shape import model_args, shape_source
-from tinytitan.config.schema import ConfigError, Data, JobConfig, LRScheduler, Parallelism, Training, toml_value
+from tinytitan.config.schema import (
+    ConfigError,
+    Data,
+    JobConfig,
+    LRScheduler,
+    Parallelism,
+    Training,
+    Validation,
+    toml_value,
+)
+from tinytitan.evaluation.tasks import BUILTIN, TASKS
 
 _REPLICATE, _SHARD = "parallelism.data_parallel_replicate_degree", "parallelism.data_parallel_shard_degree"
 
@@ -30,6 +40,7 @@ def check_consistency(config: JobConfig) -> None:
         )
     _check_warmup(config.lr_scheduler, config.training.steps)
     _check_sources(config.data)
+    _check_tasks(config.validation)
 
 
 def _check_warmup(schedule: LRScheduler, steps: int) -> None:
@@ -65,6 +76,22 @@ def _check_sources(data: Data) -> None:
             )
         if source.name in names[:index]:
             raise ConfigError(f"data.sources[{index}].name = {toml_value(source.name)}: expected names to be unique")
+
+
+def _check_tasks(validation: Validation) -> None:
+    names = [task.name for task in validation.tasks]
+    for index, task in enumerate(validation.tasks):
+        where = f"validation.tasks[{index}]"
+        if task.name not in TASKS:
+            raise ConfigError(f"{where}.name = {toml_value(task.name)}: expected one of {', '.join(TASKS)}")
+        if task.name != BUILTIN and not task.path:
+            raise ConfigError(f"{where}: name = {toml_value(task.name)}: expected a path to the task's rows")
+        if task.name in names[:index]:
+            raise ConfigError(f"{where}.name = {toml_value(task.name)}: expected names to be unique")
+    if validation.tasks and not validation.eval_freq:
+        raise ConfigError(
+            "validation.tasks is set but validation.eval_freq = 0: expected the steps between evaluations"
+        )
 
 
 def mesh_degrees(parallelism: Parallelism, world_size: int) -> tuple[int, int]:
