@@ -3,11 +3,12 @@ per character of the choice), LAMBADA's perplexity (exp of minus the mean log-li
 (greedy last word), the standard errors (sample standard deviation over sqrt(n), as lm-eval's
 `mean_stderr`), the average TinyLlama's table reports, the printed table and the JSON file."""
 
+import json
 import math
 from dataclasses import dataclass, field
 
 from tinytitan.evaluation.tasks import Item, Task
-from tinytitan.files import atomic_write_json
+from tinytitan.files import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -80,7 +81,8 @@ def table(results: dict[str, TaskResult]) -> str:
                 continue
             stderr = result.metrics.get(f"{metric}_stderr")
             shown = f"± {stderr:.4f}" if stderr is not None and not math.isnan(stderr) else ""
-            lines.append(f"{name:<16} {metric:<11} {value:>9.4f} {shown:>8} {result.items:>7}")
+            number = f"{value:>9.4f}" if abs(value) < 1e4 else f"{value:>9.3e}"
+            lines.append(f"{name:<16} {metric:<11} {number} {shown:>8} {result.items:>7}")
     average = logged_values(results).get("eval/average")
     if average is not None:
         lines.append(f"{'average':<16} {'acc_norm/acc':<11} {average:>9.4f}")
@@ -98,3 +100,16 @@ def write_json(path, results: dict[str, TaskResult], losses: dict[str, float] | 
         source, _, metric = key.rpartition("/")
         record.setdefault(source, {})[metric] = value
     atomic_write_json(path, record)
+
+
+def write_items(path, results: dict[str, TaskResult], golds: dict[str, list[int]]) -> None:
+    """One JSON line per item: task, index, gold, the log-likelihood of each request, and the choice of
+    acc and of acc_norm (multiple choice); to compare item by item, with lm-eval's --log_samples say."""
+    lines = []
+    for name, result in results.items():
+        for index, lls in enumerate(result.loglikelihoods):
+            record = {"task": name, "index": index, "gold": golds[name][index], "loglikelihoods": lls}
+            if result.choices:
+                record |= {"choice": result.choices[index], "choice_norm": result.choices_norm[index]}
+            lines.append(json.dumps(record) + "\n")
+    atomic_write_text(path, "".join(lines))

@@ -8,15 +8,16 @@ the model reads all but the last (lm-eval's `_loglikelihood_tokens`). A request'
 the sum over its continuation tokens of their log-probabilities (float32 log-softmax), and it is
 greedy when each of them is the most likely token.
 
-Several ranks each score a contiguous shard of the items, and every rank runs the same number of
-forwards (FSDP gathers the weights in each), then the results are summed over the ranks: each
-request is scored by one rank only, so every rank ends with all of them.
+The requests are batched longest first into batches of at most a number of padded tokens, the
+same batches on any number of ranks; each rank scores its share of the batches, every rank runs the
+same number of forwards (FSDP gathers the weights in each), and the results are summed over the
+ranks: each request is scored by one rank only, so every rank ends with all of them.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
@@ -83,19 +84,10 @@ def forward_batch(model, requests: list[Encoded], batch: list[int], device, prec
     return loglikelihood, (misses == 0).double()
 
 
-def _most_over_ranks(count: int, device) -> int:
-    if not dist.is_initialized():
-        return count
-    value = torch.tensor(count, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return int(value.item())
-
-
 @torch.no_grad()
 def score(
     model,
     requests: list[Encoded],
-    item_requests: list[range],
     rank: int,
     world_size: int,
     device,
@@ -103,22 +95,20 @@ def score(
     batch_tokens: int,
     progress=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-likelihood, greedy as 0/1) of every request, as float64 CPU tensors, on every rank. Item
-    i's requests are requests[item_requests[i]]; rank r scores the r-th of world_size contiguous
-    shards of the items. `progress` (a Progress) counts the items scored on this rank."""
-    first, last = rank * len(item_requests) // world_size, (rank + 1) * len(item_requests) // world_size
-    mine = [index for item in item_requests[first:last] for index in item]
-    groups = batches(requests, mine, batch_tokens)
+    """(log-likelihood, greedy as 0/1) of every request, as float64 CPU tensors, on every rank. The
+    batches are made over all the requests, the same on any number of ranks, and rank r scores every
+    world_size-th of them: a request is computed alike on any number of ranks. `progress` (a
+    Progress) counts the requests scored on this rank."""
+    groups = batches(requests, list(range(len(requests))), batch_tokens)
+    mine = groups[rank::world_size]
     loglikelihood = torch.zeros(len(requests), dtype=torch.float64, device=device)
     greedy = torch.zeros(len(requests), dtype=torch.float64, device=device)
-    for group in groups:
+    for group in mine:
         where = torch.tensor(group, device=device)
         loglikelihood[where], greedy[where] = forward_batch(model, requests, group, device, precision)
         if progress is not None:
-            progress.update(0, requests=len(group))
-    for _ in range(_most_over_ranks(len(groups), device) - len(groups)):  # the same forwards on every rank
+            progress.update(len(group))
+    for _ in range(math.ceil(len(groups) / world_size) - len(mine)):  # the same forwards on every rank (FSDP)
         with precision.autocast():
             model(torch.zeros(1, 1, dtype=torch.long, device=device))
-    if progress is not None:
-        progress.update(last - first)
     return all_reduce_sum(loglikelihood).cpu(), all_reduce_sum(greedy).cpu()

@@ -21,14 +21,22 @@ class LoadedTask:
     item_requests: list[range]  # item i's requests are requests[item_requests[i]]
 
 
-def load_task(name: str, path: str, limit: int, tokenizer: Tokenizer, max_seq_len: int) -> LoadedTask:
+def read_task(name: str, path: str, limit: int = 0) -> tuple[Task, list[Item]]:
+    """The task and its items (the first `limit`, when above 0), read and checked."""
     task = task_named(name)
-    items = builtin_items(limit) if name == BUILTIN else read_items(task, path, limit)
+    return task, builtin_items(limit) if name == BUILTIN else read_items(task, path, limit)
+
+
+def encode_task(task: Task, items: list[Item], tokenizer: Tokenizer, max_seq_len: int) -> LoadedTask:
     requests, ranges = [], []
     for item in items:
         ranges.append(range(len(requests), len(requests) + len(item.requests)))
         requests += [encode_request(tokenizer, context, rest, max_seq_len) for context, rest in item.requests]
     return LoadedTask(task, items, requests, ranges)
+
+
+def load_task(name: str, path: str, limit: int, tokenizer: Tokenizer, max_seq_len: int) -> LoadedTask:
+    return encode_task(*read_task(name, path, limit), tokenizer, max_seq_len)
 
 
 def load_validation_tasks(specs, data, max_seq_len: int) -> list[LoadedTask]:
@@ -63,11 +71,11 @@ def evaluate_tasks(
     """Each task's result on every rank; `env` gives the rank, the number of ranks and the device."""
     results = {}
     for loaded in tasks:
-        progress = Progress(f"evaluating {loaded.task.name}", len(loaded.items)) if show_progress else None
+        what = f"evaluating {loaded.task.name} ({len(loaded.items)} items)"
+        progress = Progress(what, unit="requests") if show_progress else None
         loglikelihood, greedy = score(
             model,
             loaded.requests,
-            loaded.item_requests,
             env.rank,
             env.world_size,
             env.device,
