@@ -91,7 +91,7 @@ def code_documents() -> list[str]:
     return documents
 
 
-def _train_tokenizer(documents: list[str], model_path: Path) -> None:
+def train_tokenizer(documents: list[str], model_path: Path) -> None:
     """A Llama-style BPE: byte fallback, digits split, whitespace kept as is (code indentation)."""
     lines = [line for document in documents for line in document.split("\n") if line.strip()]
     model = io.BytesIO()
@@ -169,7 +169,7 @@ def _tokenizer_for(folder: Path, prose: list[str], code: list[str], tokenizer_pa
         code_sample.append(document)
         size += len(document)
     print(f"built-in corpus: training a {BUILTIN_VOCAB_SIZE}-piece BPE tokenizer", file=sys.stderr, flush=True)
-    _train_tokenizer(prose + code_sample, model_path)
+    train_tokenizer(prose + code_sample, model_path)
     return Tokenizer(model_path)
 
 
