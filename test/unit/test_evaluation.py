@@ -217,3 +217,17 @@ def test_training_logs_the_tasks_as_its_saved_checkpoint_scores_them(tmp_path, c
     again = evaluate_tasks(model, loaded, ONE_RANK, FLOAT32, config.training.micro_batch_size * length)
     assert again["builtin"].metrics["acc_norm"] == logged["eval/builtin/acc_norm"]
     assert again["winogrande"].metrics["acc"] == logged["eval/winogrande/acc"]
+
+
+@pytest.mark.gpu
+def test_bf16_scores_on_cuda_are_float32_scores_within_bf16_rounding(tokenizer):
+    model = random_model(tokenizer.vocab_size)
+    loaded = [load_task("builtin", "", 64, tokenizer, 96)]
+    cpu = evaluate_tasks(model, loaded, ONE_RANK, FLOAT32, 2000)["builtin"]
+    cuda = torch.device("cuda")
+    env = SimpleNamespace(rank=0, world_size=1, device=cuda)
+    bf16 = evaluate_tasks(model.to(cuda), loaded, env, Precision(cuda, True), 2000)["builtin"]
+    for ours, theirs in zip(cpu.loglikelihoods, bf16.loglikelihoods):
+        assert theirs == pytest.approx(ours, rel=0.02, abs=0.5)
+    agree = sum(a == b for a, b in zip(cpu.choices, bf16.choices))
+    assert agree >= 0.9 * len(cpu.choices)

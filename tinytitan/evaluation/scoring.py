@@ -62,10 +62,8 @@ def batches(requests: list[Encoded], indices: list[int], batch_tokens: int) -> l
 
 def forward_batch(model, requests: list[Encoded], batch: list[int], device, precision: Precision):
     """(log-likelihood, greedy) of each request of the batch, as float64 tensors on `device`."""
-    width = len(requests[batch[0]].tokens) - 1
-    inputs = torch.zeros(
-        len(batch), width, dtype=torch.long
-    )  # right padding: a causal model's earlier positions ignore it
+    # Padded on the right with 0: a causal model's earlier positions do not see it.
+    inputs = torch.zeros(len(batch), len(requests[batch[0]].tokens) - 1, dtype=torch.long)
     rows, positions, targets = [], [], []
     for row, index in enumerate(batch):
         tokens, count = requests[index].tokens, requests[index].continuation
