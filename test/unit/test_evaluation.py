@@ -92,6 +92,7 @@ def test_missing_files_and_unknown_tasks_are_one_line(tmp_path):
         ('[{name="piqa"}]', [], 'validation.tasks[0]: name = "piqa": expected a path'),
         ('[{name="builtin"}, {name="builtin"}]', [], 'validation.tasks[1].name = "builtin": expected names'),
         ('[{name="builtin"}]', ["--validation.eval_freq=0"], "validation.tasks is set but validation.eval_freq = 0"),
+        ('[{name="builtin"}]', ["--data.dataset=synthetic"], "validation.tasks is set but data.dataset = 'synthetic'"),
     ],
 )  # fmt: skip
 def test_validation_tasks_are_checked_with_the_config(tasks, extra, message):

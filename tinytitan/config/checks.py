@@ -40,7 +40,7 @@ def check_consistency(config: JobConfig) -> None:
         )
     _check_warmup(config.lr_scheduler, config.training.steps)
     _check_sources(config.data)
-    _check_tasks(config.validation)
+    _check_tasks(config.validation, config.data.dataset)
 
 
 def _check_warmup(schedule: LRScheduler, steps: int) -> None:
@@ -78,7 +78,7 @@ def _check_sources(data: Data) -> None:
             raise ConfigError(f"data.sources[{index}].name = {toml_value(source.name)}: expected names to be unique")
 
 
-def _check_tasks(validation: Validation) -> None:
+def _check_tasks(validation: Validation, dataset: str) -> None:
     names = [task.name for task in validation.tasks]
     for index, task in enumerate(validation.tasks):
         where = f"validation.tasks[{index}]"
@@ -92,6 +92,8 @@ def _check_tasks(validation: Validation) -> None:
         raise ConfigError(
             "validation.tasks is set but validation.eval_freq = 0: expected the steps between evaluations"
         )
+    if validation.tasks and dataset == "synthetic":  # no validation split, so no evaluation at all
+        raise ConfigError("validation.tasks is set but data.dataset = 'synthetic': expected a real dataset")
 
 
 def mesh_degrees(parallelism: Parallelism, world_size: int) -> tuple[int, int]:
