@@ -6,17 +6,18 @@ The comparison with lm-evaluation-harness itself is test_evaluation_lm_eval.py."
 import json
 import math
 import re
+import runpy
 import statistics
 from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import TASK_ROWS, debug_config, write_lines, write_task_files
+from helpers import REPO_ROOT, TASK_ROWS, debug_config, write_lines, write_task_files
 
 from tinytitan.config import load_config
 from tinytitan.data.builtin_corpus import validation_prose_documents
 from tinytitan.data.tokenizer import Tokenizer
-from tinytitan.errors import UserError
+from tinytitan.errors import UserError, run_entry_point
 from tinytitan.evaluation.builtin_task import CHOICES, builtin_items
 from tinytitan.evaluation.results import first_max, mean_and_stderr, write_json
 from tinytitan.evaluation.scoring import batches, encode_request, score
@@ -83,6 +84,24 @@ def test_missing_files_and_unknown_tasks_are_one_line(tmp_path):
     with pytest.raises(UserError, match=r"--tasks: task 'piqa': expected piqa=PATH"):
         parse_task_list("builtin,piqa")
     assert parse_task_list("builtin, piqa=a.parquet,") == [("builtin", ""), ("piqa", "a.parquet")]
+
+
+@pytest.mark.parametrize("bad", ["missing file", "malformed row", "unknown task"])
+def test_evaluate_script_says_what_is_wrong_in_one_line_and_exits_2(tmp_path, capsys, bad):
+    """The script in this process (run_entry_point, as a user's command ends): the task files are
+    read before the model (here none) is loaded."""
+    main = runpy.run_path(str(REPO_ROOT / "scripts/evaluate.py"))["main"]
+    rows = write_lines(tmp_path / "piqa.jsonl", [TASK_ROWS["piqa"][0], {"goal": "g"}])
+    tasks, expected = {
+        "missing file": ("piqa=nothing.jsonl", "error: task file nothing.jsonl: no such file"),
+        "malformed row": (f"piqa={rows}", f"error: {rows}:2: no field 'sol1' (the row has 'goal')"),
+        "unknown task": ("hellaswg=x.jsonl", "error: --tasks: task 'hellaswg': expected one of hellaswag"),
+    }[bad]
+    with pytest.raises(SystemExit) as exit:
+        run_entry_point(main, [str(tmp_path / "model"), "--tasks", tasks, "--json", str(tmp_path / "r.json")])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(expected)
+    assert not (tmp_path / "r.json").exists()
 
 
 @pytest.mark.parametrize(
