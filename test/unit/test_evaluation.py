@@ -212,7 +212,7 @@ def test_training_logs_the_tasks_as_its_saved_checkpoint_scores_them(tmp_path, c
         tmp_path, corpus_cache, "--training.steps=2", "--lr_scheduler.warmup_steps=1",
         "--training.global_batch_tokens=512",
         "--validation.eval_freq=1", "--validation.eval_steps=1", f"--validation.tasks={tasks}",
-        "--metrics.enable_tensorboard=true", "--checkpoint.enable", "--checkpoint.interval=2",
+        "--metrics.enable_tensorboard=true", "--checkpoint.enable", "--checkpoint.interval=2", "--data.num_workers=0",
     )  # fmt: skip
     records = {record["step"]: record for record in train(config)}
     logged = records[2]
