@@ -13,7 +13,8 @@ and the tokenizer come from the run's config.toml when the checkpoint sits in a 
 OUT_DIR receives config.json, generation_config.json, model.safetensors (or shards of at most
 --max-shard-size with model.safetensors.index.json) and the tokenizer: tokenizer.model,
 tokenizer.json, tokenizer_config.json and special_tokens_map.json, built so that
-AutoTokenizer gives the same ids as sentencepiece (see tinytitan/hf/tokenizer.py). It is
+AutoTokenizer gives the same ids as sentencepiece (see tinytitan/hf/tokenizer.py), with the
+run's chat template (data.chat_template of its config.toml) after finetuning on conversations. It is
 written under a temporary name and renamed when complete; an existing OUT_DIR is refused unless
 --overwrite, which replaces only an earlier export (a folder with config.json and nothing but the
 files listed above) or an empty folder. CKPT_DIR is verified against its manifest.json first (a
@@ -98,7 +99,8 @@ def main(argv: list[str]) -> None:
     sizes = {name: shape.numel() * dtype.itemsize for name, shape in shapes.items()}
     shards = plan_shards(sizes, max_shard_bytes)
     with staged_folder(out) as staging:
-        write_hf_tokenizer(spec.tokenizer_path, staging, spec.args.max_seq_len)  # first: it may refuse the tokenizer
+        # first: it may refuse the tokenizer
+        write_hf_tokenizer(spec.tokenizer_path, staging, spec.args.max_seq_len, spec.chat_template)
         write_hf_config(staging, spec.args, dtype, tokenizer.bos_id, tokenizer.eos_id, pad_id(spec.tokenizer_path))
         files = write_hf_weights(staging, shards, shard_loader(checkpoint, metadata, dtype))
         written = folder_bytes(staging)
@@ -106,7 +108,8 @@ def main(argv: list[str]) -> None:
     print(
         f"wrote {out}: LlamaForCausalLM ({spec.args_from}), {sum(s.numel() for s in shapes.values()):,} "
         f"parameters in {dtype_name(dtype)}, {len(files)} safetensors file(s), {written / 1e6:,.1f} MB in all; "
-        f"tokenizer of {tokenizer.vocab_size} pieces from {spec.tokenizer_from} ({spec.tokenizer_path})",
+        f"tokenizer of {tokenizer.vocab_size} pieces from {spec.tokenizer_from} ({spec.tokenizer_path})"
+        + (f", chat template {spec.chat_template}" if spec.chat_template else ""),
         flush=True,
     )
 

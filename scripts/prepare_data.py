@@ -17,6 +17,10 @@ filter, or for bad input) is counted in the manifest and the summary.
     # your own files: .jsonl, .jsonl.zst (a "text" field per line) or .txt (one document per file)
     python scripts/prepare_data.py 'my_corpus/**/*.jsonl.zst' notes/ --output data/mine
 
+    # conversations for chat finetuning ({"messages": [...]} or "### Human: ... ### Assistant: ..."):
+    # written in a chat template, with a mask of the tokens training learns (the answers)
+    python scripts/prepare_data.py oasst/ --format chat --holdout-fraction 0.05 --output data/oasst
+
 Resuming: each input (a file; for .txt, a folder's files) is prepared whole by one worker, which
 writes its shards and then a completion record done/<input>.json. A later run into the same folder
 skips inputs with a record and redoes any other, so an interrupted preparation is resumed by running

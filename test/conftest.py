@@ -76,6 +76,18 @@ def awkward_folder(tmp_path_factory, small_tokenizer):
 
 
 @pytest.fixture(scope="module")
+def roomy_folder(tmp_path_factory, small_tokenizer):
+    """The awkward model with room for a conversation (256 positions) and the tokenizer's 320 ids
+    (every id it generates is then text), saved by transformers: for chatting and generating."""
+    from helpers import awkward_hf_model
+
+    folder = tmp_path_factory.mktemp("roomy") / "hf"
+    awkward_hf_model(seed=1, max_position_embeddings=256, vocab_size=320).save_pretrained(folder)
+    shutil.copyfile(small_tokenizer, folder / "tokenizer.model")
+    return folder
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """This process computes in one thread for the module's tests (as ONE_THREAD does for subprocesses)."""
     threads = torch.get_num_threads()

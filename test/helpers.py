@@ -87,6 +87,10 @@ def overrides(run_root, corpus_cache, *extra):
     ]
 
 
+# Document masking through flex with per-document positions: the masked variant of a run.
+DOCUMENT_MASKING = ("--model.attention=flex", "--data.document_masking=true", "--data.document_positions=per_document")
+
+
 def small_run(run_root, corpus_cache, *extra):
     """A 10-step run of short sequences that validates every 5 steps."""
     return [
@@ -233,7 +237,7 @@ def train_small_tokenizer(path, **settings):
     return path
 
 
-def awkward_hf_model(seed: int = 0):
+def awkward_hf_model(seed: int = 0, max_position_embeddings: int = 64, vocab_size: int = 331):
     """A random LlamaForCausalLM of awkward sizes (head_dim 16, 3 query heads per KV head, odd
     vocabulary), with weights large enough that its logits are peaked: greedy choices are clear."""
     import transformers
@@ -244,10 +248,10 @@ def awkward_hf_model(seed: int = 0):
         num_attention_heads=6,
         num_key_value_heads=2,
         intermediate_size=200,
-        vocab_size=331,
+        vocab_size=vocab_size,
         rms_norm_eps=1e-6,
         rope_theta=5000.0,
-        max_position_embeddings=64,
+        max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=False,
         bos_token_id=1,
         eos_token_id=2,

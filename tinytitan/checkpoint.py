@@ -67,7 +67,9 @@ class ModelState(Stateful):
 
 
 class OptimizerState(Stateful):
-    """The optimizer state keyed by parameter names, so it reshards like the model."""
+    """The optimizer state keyed by parameter names, so it reshards like the model. What it loads is
+    AdamW's per-parameter state (moments, step counts); the groups' hyperparameters (lr, betas, eps,
+    weight_decay) stay the config's, and one that the checkpoint had otherwise is said in one line."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
@@ -76,7 +78,27 @@ class OptimizerState(Stateful):
         return get_optimizer_state_dict(self.model, self.optimizer)
 
     def load_state_dict(self, state_dict):
+        configured = [_hyperparameters(group) for group in self.optimizer.param_groups]
         set_optimizer_state_dict(self.model, self.optimizer, state_dict)
+        saved = [_hyperparameters(group) for group in self.optimizer.param_groups]
+        for group, mine in zip(self.optimizer.param_groups, configured):
+            group.update(mine)
+        changed = {
+            key: (saved[0][key], configured[0][key]) for key in _OPTIMIZER_KEYS if saved[0][key] != configured[0][key]
+        }
+        for key, (before, now) in changed.items() if is_main_process() else ():
+            print(
+                f"resume: optimizer {key} {before} -> {now} (the config's) from the next step; the moments continue",
+                flush=True,
+            )
+
+
+# The config's AdamW hyperparameters; the lr and initial_lr are the schedule's (optim.LRSchedule).
+_OPTIMIZER_KEYS = ("betas", "eps", "weight_decay")
+
+
+def _hyperparameters(group: dict) -> dict:
+    return {key: value for key, value in group.items() if key in (*_OPTIMIZER_KEYS, "lr", "initial_lr")}
 
 
 class TrainState(Stateful):
@@ -119,6 +141,19 @@ def training_states(model, optimizer, scheduler, loader, train_state: TrainState
     }
 
 
+class _NewRunData(Stateful):
+    """The loader's state loaded for a new run: it continues the checkpoint's stream, counting its own steps."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.loader.continue_from(state_dict, new_run=True)
+
+
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -149,10 +184,27 @@ class Checkpointer:
                 return steps[-1]
         if self.config.initial_load_path:
             path = Path(self.config.initial_load_path).expanduser()
-            self._load({"model": self.states["model"]}, path, "checkpoint.initial_load_path")
+            self._load(self._initial_states(), path, "checkpoint.initial_load_path")
             if is_main_process():
-                print(f"model initialised from {path}", flush=True)
+                print(f"{self._initial_parts()} initialised from {path}", flush=True)
         return 0
+
+    def _initial_parts(self) -> str:
+        carried = {
+            "optimizer state": self.config.initial_load_optimizer,
+            "data position": self.config.initial_load_data,
+        }
+        return ", ".join(["model", *(part for part, wanted in carried.items() if wanted)])
+
+    def _initial_states(self) -> dict[str, Stateful]:
+        """What a new run takes from initial_load_path: the model, and when asked the optimizer state
+        (a cooldown from a stable checkpoint) and the data stream (continued as a new run's)."""
+        states = {"model": self.states["model"]}
+        if self.config.initial_load_optimizer:
+            states["optimizer"] = self.states["optimizer"]
+        if self.config.initial_load_data:
+            states["dataloader"] = _NewRunData(self.states["dataloader"])
+        return states
 
     def _load(self, state: dict, path: Path, what: str) -> None:
         """Verify the folder against its manifest (each rank a share of the files), then load it."""

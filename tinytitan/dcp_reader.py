@@ -212,6 +212,9 @@ def load(state: dict, path: Path, what: str, failure: str) -> None:
     after checking its structure (the manifest is the caller's: `verify`); an unreadable checkpoint
     is a UserError naming the file or tensor, else `{what} {path}: {failure} (DCP's reason)`."""
     metadata = read_metadata(path, what)
+    for key in state:  # a model-only checkpoint asked for a training state (initial_load_optimizer, say)
+        if not any(name.startswith(f"{key}.") for name in metadata.state_dict_metadata):
+            raise UserError(f"{what} {path}: holds no {key} state (a model-only checkpoint?): expected a training one")
     check_shard_files(path, metadata, what, tuple(f"{key}." for key in state))
     check_model_shapes(path, metadata, what, _model_entry(state))
     try:

@@ -1,4 +1,5 @@
-"""Throughput, model FLOPs utilisation, memory, and the log line (printed, and as TensorBoard scalars).
+"""Throughput, model FLOPs utilisation, memory, progress (tokens seen, elapsed time, ETA), and the log
+line: printed, and as TensorBoard scalars and Weights & Biases history.
 
 FLOPs per token (forward + backward) = 6 * N + 12 * L * d * T, where N counts every parameter
 except the input embedding (a lookup, not a matmul; a tied embedding is the output projection, so
@@ -12,6 +13,7 @@ import math
 import resource
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,11 +86,31 @@ class Throughput:
         return values
 
 
+class Progress:
+    """Tokens seen, time elapsed and the estimated time left, from the wall time per step over the
+    last `window` log intervals (a moving average: the first, slow steps are soon forgotten)."""
+
+    def __init__(self, first_step: int, last_step: int, window: int = 10):
+        self.last_step, self.start = last_step, time.perf_counter()
+        self._previous = (first_step - 1, self.start)
+        self._intervals: deque[tuple[int, float]] = deque(maxlen=window)
+
+    def report(self, step: int, tokens_seen: int) -> dict[str, float]:
+        now = time.perf_counter()
+        steps, since = step - self._previous[0], now - self._previous[1]
+        if steps > 0:
+            self._intervals.append((steps, since))
+        self._previous = (step, now)
+        per_step = sum(t for _, t in self._intervals) / max(sum(n for n, _ in self._intervals), 1)
+        return {"tokens_seen": tokens_seen, "elapsed_s": now - self.start, "eta_s": per_step * (self.last_step - step)}
+
+
 def step_values(
     loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, throughput: Throughput, device: torch.device
 ) -> dict[str, float]:
     """The numbers of a log line (`loss`: the step's mean loss over all ranks). `.item()` waits for
-    the device: the only host synchronisation of a step, and only on logging steps."""
+    the device: the only host synchronisation of a step (with the divergence guard off), and only on
+    logging steps."""
     values = {
         "loss": loss.item(),
         "grad_norm": grad_norm.item(),
@@ -96,8 +118,6 @@ def step_values(
         **throughput.report(),
         "memory_gib": memory_gib(device),
     }
-    if not math.isfinite(values["loss"]):
-        raise RuntimeError(f"loss is {values['loss']} at this step: training diverged")
     throughput.reset()
     return values
 
@@ -111,24 +131,50 @@ def add_record(records: list[dict], step: int, values: dict[str, float]) -> None
 
 
 class MetricsLogger:
-    """Prints the log line and, when enabled, writes the same numbers as TensorBoard scalars; keeps
-    what each step logged in `records`."""
+    """Prints the log line and, when enabled, writes the same numbers as TensorBoard scalars and to
+    Weights & Biases (`wandb`: a wandb_run.WandbRun); keeps what each step logged in `records`."""
 
-    def __init__(self, tensorboard_dir: Path | None, quiet: bool = False):
-        self._writer, self._quiet = None, quiet
+    def __init__(
+        self,
+        tensorboard_dir: Path | None,
+        quiet: bool = False,
+        total_steps: int = 0,
+        wandb=None,
+        config: tuple[str, dict] | None = None,
+    ):
+        self._writer, self._quiet, self._total, self._wandb = None, quiet, total_steps, wandb
         self.records: list[dict[str, float]] = []
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(tensorboard_dir))
+            write_run_description(self._writer, *(config or ("", {})))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         add_record(self.records, step, values)
         if not self._quiet:
-            print("  ".join([f"step {step:>6}"] + [_format(name, value) for name, value in values.items()]), flush=True)
+            where = f"step {step:>6}" + (f"/{self._total}" if self._total else "")
+            print("  ".join([where] + [_format(name, value) for name, value in values.items()]), flush=True)
         if self._writer is not None:
             for name, value in values.items():
                 self._writer.add_scalar(name, value, step)
+        if self._wandb is not None:
+            self._wandb.log(step, values)
+
+    def event(self, step: int, text: str) -> None:
+        """Something that happened (a skipped step, a loss spike): printed, and a TensorBoard text."""
+        if not self._quiet:
+            print(f"step {step:>6}  {text}", flush=True)
+        if self._writer is not None:
+            self._writer.add_text("events", text, step)
+
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """TensorBoard scalars and records, without a printed line (counters such as data/<source>/tokens_seen)."""
+        add_record(self.records, step, values)
+        for name, value in values.items() if self._writer is not None else ():
+            self._writer.add_scalar(name, value, step)
+        if self._wandb is not None and values:
+            self._wandb.log(step, values)
 
     def loss_summary(self) -> str | None:
         """The first and the last logged loss, for the closing line of a run (None if none was logged)."""
@@ -141,6 +187,27 @@ class MetricsLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+        if self._wandb is not None:
+            self._wandb.close()
+
+
+def write_run_description(writer, config_toml: str, config: dict[str, dict]) -> None:
+    """The resolved config as text (the run's config.toml) and as hyperparameters (its scalar keys,
+    `section.key`), and a chart that draws the training and the validation loss together."""
+    from torch.utils.tensorboard.summary import hparams
+
+    if config_toml:  # indented: Markdown shows it as code
+        writer.add_text("config", "".join(f"    {line}\n" for line in config_toml.splitlines()))
+    if config:
+        flat = {
+            f"{section}.{key}": value
+            for section, keys in config.items()
+            for key, value in keys.items()
+            if isinstance(value, (int, float, str, bool))
+        }
+        for summary in hparams(flat, {"loss": math.nan}):  # in this run's own event file, not a sub-run
+            writer.file_writer.add_summary(summary)
+    writer.add_custom_scalars({"loss": {"training and validation": ["Multiline", ["^loss$", r"^val/.*/loss$"]]}})
 
 
 _FORMATS = {
@@ -150,10 +217,26 @@ _FORMATS = {
     "tokens_per_second": "tok/s {:,.0f}",
     "mfu_percent": "mfu {:.1f}%",
     "memory_gib": "mem {:.2f}GiB",
+    "tokens_seen": "tokens {:,.0f}",
 }
+_DURATIONS = {"elapsed_s": "elapsed", "eta_s": "eta"}
+
+
+def duration(seconds: float) -> str:
+    """1h02m03s, 4m05s, 6s."""
+    seconds = round(seconds)
+    hours, minutes = divmod(seconds // 60, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{seconds % 60:02d}s"
+    return f"{minutes}m{seconds % 60:02d}s" if minutes else f"{seconds}s"
 
 
 def _format(name: str, value: float) -> str:
+    if name in _DURATIONS:
+        return f"{_DURATIONS[name]} {duration(value)}"
+    if name.startswith("time/"):  # time/<phase>_ms per step, time/<phase>_s in all
+        phase, unit = name[5:].rsplit("_", 1)
+        return f"{phase} {value:.0f}ms" if unit == "ms" else f"{phase} {value:.1f}s"
     if name.endswith("/loss"):  # val/<source>/loss, val/<source>/perplexity
         return f"{name} {value:.4f}"
     if name.endswith("/perplexity"):

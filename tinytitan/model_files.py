@@ -38,6 +38,7 @@ class ModelSpec:
     args_from: str  # where the arguments came from, for messages
     tokenizer_path: Path | None
     tokenizer_from: str
+    chat_template: str = ""  # what the run finetuned on (its config's data.chat_template), for the export
 
 
 # What each conversion writes: `--overwrite` replaces only a folder holding these and its marker
@@ -93,7 +94,7 @@ def run_tokenizer(data: Data) -> Path | None:
     """The tokenizer a run trained with: data.tokenizer_path, or the built-in corpus's own."""
     if data.tokenizer_path:
         return Path(data.tokenizer_path).expanduser()
-    if data.dataset == "builtin":
+    if data.dataset in ("builtin", "builtin_chat"):  # the conversations use the corpus's tokenizer
         return corpus_folder(data.cache_dir) / TOKENIZER_FILE
     return None
 
@@ -194,7 +195,8 @@ def describe_checkpoint(checkpoint: Path, flavor: str | None = None, tokenizer: 
         tokenizer_path, tokenizer_from = checkpoint / TOKENIZER_FILE, "beside the checkpoint"
     else:
         tokenizer_path, tokenizer_from = None, "nowhere"
-    return ModelSpec(args, flavor, args_from, tokenizer_path, tokenizer_from)
+    chat_template = run[1].data.chat_template if run else ""
+    return ModelSpec(args, flavor, args_from, tokenizer_path, tokenizer_from, chat_template)
 
 
 def require_tokenizer(spec: ModelSpec, model_path: Path) -> Tokenizer:

@@ -19,6 +19,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from tinytitan.config import ActivationCheckpoint, Compile, Parallelism, mesh_degrees
+from tinytitan.models.attention import compile_backend
 from tinytitan.models.llama import Transformer
 
 
@@ -117,7 +118,7 @@ def parallelize(
     3. FSDP2 `fully_shard`, last, on the blocks as they will run."""
     apply_activation_checkpointing(model, activation_checkpoint.mode, activation_checkpoint.selective_every)
     if compile.enable:
-        apply_compile(model)
+        apply_compile(model, env.device)
     apply_fsdp(model, env.mesh, precision.fsdp_policy(), parallelism.reshard_after_forward)
 
 
@@ -127,9 +128,10 @@ def apply_activation_checkpointing(model: Transformer, mode: str, every: int) ->
         block.checkpoint_activations = mode == "full" or (mode == "selective" and index % every == 0)
 
 
-def apply_compile(model: Transformer) -> None:
+def apply_compile(model: Transformer, device: torch.device) -> None:
+    backend = compile_backend(model.attention_options, device)
     for block in model.layers.values():
-        block.compile(fullgraph=True)  # in place: parameter names stay unchanged
+        block.compile(fullgraph=True, backend=backend)  # in place: parameter names stay unchanged
 
 
 def apply_fsdp(model: Transformer, mesh: DeviceMesh, policy: MixedPrecisionPolicy, reshard_after_forward: bool):
@@ -149,7 +151,7 @@ def apply_fsdp(model: Transformer, mesh: DeviceMesh, policy: MixedPrecisionPolic
     for module in model.modules():
         if isinstance(module, FSDPModule):
             # The gradients are summed over the ranks, not averaged: the loss is normalised by the
-            # step's global label count instead (train.train_step). Plain sums also suit gloo,
+            # step's global label count instead (train.forward_backward). Plain sums also suit gloo,
             # which has no averaging or pre-scaled reduction.
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)

@@ -3,6 +3,8 @@
 <dump_folder>/<job name>/
     config.toml                 the resolved config the run was started with
     tb/                         TensorBoard event files
+    wandb/                      Weights & Biases: run_id (a resumed run logs into the same run), offline runs
+    profiles/step-<N>/          profiler traces (and CUDA memory snapshots) from step N, a file per rank
     checkpoints/step-<N>/       published training checkpoints (DCP, manifest.json), newest = largest N
     checkpoints/step-<N>.tmp/   a save in progress (never resumed from)
     checkpoints/step-<N>-model/ a model-only export of step N
@@ -42,6 +44,13 @@ class RunFolder:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tb"
+
+    @property
+    def wandb(self) -> Path:
+        return self.root / "wandb"
+
+    def profile(self, step: int) -> Path:
+        return self.root / "profiles" / f"step-{step}"
 
     @property
     def checkpoints(self) -> Path:

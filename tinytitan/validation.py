@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from tinytitan.data.loader import inputs_and_labels
 from tinytitan.evaluation.results import logged_values
 from tinytitan.evaluation.suite import evaluate_tasks
 from tinytitan.kernels.cross_entropy import IGNORE_INDEX
@@ -29,7 +30,7 @@ def evaluate(model, streams, validation, micro_batch_size: int, env, precision: 
             start = first + index * micro_batch_size
             rows = range(start, min(start + micro_batch_size, last)) or range(first, first + 1)  # the filler
             batch = torch.stack([torch.from_numpy(stream.sample(i).astype("int64")) for i in rows]).to(env.device)
-            inputs, labels = batch[:, :-1], batch[:, 1:]
+            inputs, labels = inputs_and_labels(batch)
             count = (labels != IGNORE_INDEX).sum() * (start < last)
             with precision.autocast():
                 total += model(inputs, labels).float() * count

@@ -162,7 +162,7 @@ def test_async_saves_publish_every_checkpoint_and_change_nothing(tmp_path, corpu
     output = finish(launch(overrides(tmp_path, corpus_cache, "--checkpoint.async_save")))
     assert RunFolder(tmp_path / "debug").published_steps() == [10, 20]
     # Published once written, while training goes on; not only when the next save starts.
-    assert output.index("checkpoint saved: ") < output.index("step     20 ")
+    assert output.index("checkpoint saved: ") < output.index("step     20/20 ")
     assert losses(tmp_path / "debug") == losses(uninterrupted)
     saved, reference = (
         model_weights(tmp_path / "debug/checkpoints/step-20"),

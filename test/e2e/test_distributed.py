@@ -1,7 +1,8 @@
 """Several processes on CPU with gloo: FSDP2 on two ranks against one process, two "nodes" on
-loopback, a killed worker restarted by torchrun, and a preemption notice (SIGTERM, SIGUSR1) passed on to
-the workers."""
+loopback, a killed worker restarted by torchrun, a preemption notice (SIGTERM, SIGUSR1) passed on to
+the workers, and a NaN in one rank's gradient skipped by both."""
 
+import math
 import os
 import signal
 import socket
@@ -9,7 +10,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from helpers import (
+    DOCUMENT_MASKING,
     REPO_ROOT,
     finish,
     launch,
@@ -20,7 +23,9 @@ from helpers import (
     wait_for_checkpoint,
 )
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from tinytitan.divergence import NAN_HOOK_VARIABLE
 from tinytitan.run_folder import RunFolder
 
 # Tied embeddings: the one weight is sharded once (in the root's FSDP group) and serves as both the
@@ -30,7 +35,9 @@ from tinytitan.run_folder import RunFolder
 TIED = ("--model.tie_embeddings=true", "--optimizer.lr=1e-3", "--lr_scheduler.min_lr=1e-4", "--checkpoint.enable")
 
 
-@pytest.mark.parametrize("shape", [(), (*TIED, "--checkpoint.interval=5")], ids=["untied", "tied"])
+@pytest.mark.parametrize(
+    "shape", [(), (*TIED, "--checkpoint.interval=5"), DOCUMENT_MASKING], ids=["untied", "tied", "flex-documents"]
+)
 def test_fsdp_on_two_ranks_gives_the_losses_of_one_rank(tmp_path, corpus_cache, shape):
     one = run_command(
         "./run_train.sh",
@@ -48,12 +55,13 @@ def test_fsdp_on_two_ranks_gives_the_losses_of_one_rank(tmp_path, corpus_cache, 
     )
     assert two.returncode == 0, two.stderr[-2000:]
     assert "2 rank(s)" in two.stdout
+    assert ("flex attention within documents, per-document positions" in two.stdout) == (shape == DOCUMENT_MASKING)
     expected, got = losses(tmp_path / "one/debug"), losses(tmp_path / "two/debug")
     assert sorted(got) == list(range(1, 11))
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-5)
     assert expected[10] < expected[1] - 0.5
-    if shape:
+    if TIED[0] in shape:
         assert " tied," in one.stdout
         for run in ("one", "two"):  # the checkpoint holds the tied weight once, under the embedding's name
             reader = FileSystemReader(RunFolder(tmp_path / run / "debug").checkpoint(10))
@@ -126,3 +134,46 @@ def test_a_preemption_notice_to_the_launcher_saves_and_exits_0(tmp_path, corpus_
     assert "preempted: stopping after step" in output
     stopped = int(output.split("preempted: stopping after step ")[1].split()[0])
     assert stopped < 200 and RunFolder(tmp_path / "debug").published_steps()[-1] == stopped
+
+
+def saved_tensors(checkpoint, tmp_path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint's model and optimizer (AdamW's moments and step count), flattened."""
+    dcp_to_torch_save(checkpoint, tmp_path / f"{checkpoint.name}.pt")
+    state = torch.load(tmp_path / f"{checkpoint.name}.pt", weights_only=False)
+    found = {}
+
+    def walk(prefix, value):
+        if isinstance(value, torch.Tensor):
+            found[prefix] = value
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+
+    walk("model", state["model"])
+    walk("optimizer", state["optimizer"])
+    return found
+
+
+def test_a_nan_in_one_ranks_gradient_skips_the_step_on_both_and_training_goes_on(tmp_path, corpus_cache):
+    args = small_run(
+        tmp_path,
+        corpus_cache,
+        "--training.steps=4",
+        "--training.micro_batch_size=4",
+        "--validation.eval_freq=0",
+        "--training.skip_nonfinite_steps=2",
+        "--checkpoint.enable",
+        "--checkpoint.interval=1",
+        "--checkpoint.keep_latest_k=0",
+    )
+    result = run_command("./run_train.sh", *args, env={"NGPU": "2", NAN_HOOK_VARIABLE: "1:3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step      3  skipped: non-finite loss or gradient norm (1 step(s) skipped so far)" in result.stdout
+    assert "done: steps 1..4" in result.stdout
+    run = RunFolder(tmp_path / "debug")
+    before, skipped, after = (saved_tensors(run.checkpoint(step), tmp_path) for step in (2, 3, 4))
+    assert any(name.endswith("exp_avg") for name in before) and any(name.endswith(".step") for name in before)
+    for name, tensor in before.items():
+        assert torch.equal(skipped[name], tensor), name  # bitwise: nothing moved, AdamW's step count neither
+    assert not torch.equal(after["model.output.weight"], before["model.output.weight"])  # step 4 trained
+    assert math.isfinite(losses(run.root)[4])

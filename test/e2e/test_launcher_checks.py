@@ -21,6 +21,7 @@ from helpers import run_command
         ),
         ("2", ["--training.device=cuda"], ['training.device = "cuda"', "expected a CUDA device"]),
         ("1", ["--training.device=cuda"], ['training.device = "cuda"', "expected a CUDA device"]),
+        ("1", ["--model.attention=flash"], ['model.attention = "flash"', "not installed", "tinytitan[flash]"]),
     ],
 )
 def test_a_rank_dependent_mistake_is_one_line_before_anything_starts(tmp_path, ngpu, overrides, fragments):

@@ -1,7 +1,9 @@
 """Resuming with settings that change what the saved data position means is refused in one line,
-with the checkpoint left as it was; a changed global batch continues the run."""
+with the checkpoint left as it was; a changed global batch, steps, lr or AdamW beta continue the run,
+each said in one line, and the lr of the first resumed step is the new schedule's."""
 
 import hashlib
+import math
 import re
 
 import pytest
@@ -52,7 +54,19 @@ def test_a_changed_setting_is_refused_and_the_checkpoint_left_alone(
     assert checksums(run_root / "debug/checkpoints") == before
 
 
-def test_a_changed_global_batch_continues_the_run(saved_run, tmp_path, corpus_cache):
-    result, _, run_root = resume(saved_run, tmp_path, corpus_cache, "--training.global_batch_tokens=2048")
+def test_a_changed_global_batch_more_steps_and_another_lr_continue_the_run_and_say_so(
+    saved_run, tmp_path, corpus_cache
+):
+    changed = ("--training.global_batch_tokens=2048", "--optimizer.lr=1e-3", "--optimizer.beta2=0.99")
+    result, _, run_root = resume(saved_run, tmp_path, corpus_cache, *changed)  # and training.steps 10 -> 20
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed from" in result.stdout and RunFolder(run_root / "debug").published_steps() == [10, 20]
+    for said in (
+        "resume: training.steps 10 -> 20: the lr follows the config's schedule from step 11",
+        "resume: optimizer.lr 0.003 -> 0.001",
+        "resume: optimizer betas (0.9, 0.95) -> (0.9, 0.99) (the config's) from the next step",
+    ):
+        assert said in result.stdout, result.stdout[-3000:]
+    lr = re.search(r"^step +11 .*  lr (\S+)", result.stdout, re.M).group(1)
+    # the debug recipe: min_lr 3e-4; warmup 5 of 20 steps: step 11 is 6/15 of the cosine
+    assert float(lr) == pytest.approx(3e-4 + 7e-4 * (1 + math.cos(math.pi * 6 / 15)) / 2, rel=1e-3)

@@ -72,6 +72,7 @@ BAD_NUMBERS = [
     ("generate.py", ["MISSING", "--prompt", "x", "--temperature", "inf"], "temperature inf"),
     ("generate.py", ["MISSING", "--prompt", "x", "--temperature", "1", "--top-p", "nan"], "top-p nan"),
     ("generate.py", ["MISSING", "--prompt", "x", "--seed", str(2**64)], f"--seed {2**64}"),
+    ("generate.py", ["MISSING", "--prompt", "x", "--draft", "MISSING", "--draft-tokens", "0"], "--draft-tokens 0"),
     ("convert_dcp_to_hf.py", ["MISSING", "OUT", "--max-shard-size", "9" * 400], "size '999"),
     ("convert_dcp_to_hf.py", ["MISSING", "OUT", "--max-shard-size", "0.5"], "size '0.5'"),
     ("bench_data.py", ["--megabytes", "inf", "--json", "OUT"], "--megabytes inf"),

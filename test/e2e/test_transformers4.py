@@ -106,3 +106,35 @@ def test_transformers4_loads_the_export_with_equal_logits(shape, tmp_path, built
     theirs = torch.load(tmp_path / "logits.pt")
     assert (theirs - expected).abs().max().item() <= 1e-4
     assert expected.abs().max().item() > 0.1
+
+
+# Run by the transformers 4 interpreter: apply_chat_template on an exported tokenizer; one JSON line.
+CHAT_CHILD = """
+import json, sys, transformers
+tokenizer = transformers.AutoTokenizer.from_pretrained(sys.argv[1], local_files_only=True)
+messages = json.loads(sys.argv[2])
+prompt = tokenizer.apply_chat_template(messages[:2], add_generation_prompt=True)
+print(json.dumps([tokenizer.apply_chat_template(messages), prompt]))
+"""
+
+
+def test_transformers4_applies_the_exported_chat_template_with_our_ids(tmp_path, builtin_corpus):
+    from tinytitan.chat_templates import DEFAULT_TEMPLATE, encode_chat
+    from tinytitan.hf.tokenizer import write_hf_tokenizer
+
+    python = transformers4_python()
+    tokenizer = write_hf_tokenizer(builtin_corpus.tokenizer_path, tmp_path, 512, chat_template=DEFAULT_TEMPLATE)
+    messages = [
+        {"role": "system", "content": "Brief."},
+        {"role": "user", "content": "Naïve café? 🐍"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "  indented\n\nanswer"},
+    ]
+    child = subprocess.run(
+        [python, "-c", CHAT_CHILD, str(tmp_path), json.dumps(messages)], capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    whole, prompt = json.loads(child.stdout.strip().splitlines()[-1])
+    assert whole == encode_chat(tokenizer, messages)[0]
+    assert prompt == encode_chat(tokenizer, messages[:2], add_generation_prompt=True)[0]

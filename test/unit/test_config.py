@@ -8,6 +8,7 @@ import torch
 from helpers import write_job_file
 
 from tinytitan.config import ConfigError, DataSource, JobConfig, accumulation_steps, load_config, to_toml
+from tinytitan.config.schedules import schedule_value
 
 
 def test_no_arguments_gives_the_defaults():
@@ -65,9 +66,10 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
             "--optimizer.lr=0.00123",
             "--lr_scheduler.min_lr=1e-5",
             "--data.dataset=sources",
-            '--data.sources=[{name="a", path="/p q", weight=2}, {name="b", path="/r"}]',
+            '--data.sources=[{name="a", path="/p q", weight=2}, {name="b", path="/r", weight=[[0, 0], [30, 1.5]]}]',
         ]
     )
+    assert config.data.sources[1].weight == [[0, 0.0], [30, 1.5]]
     path = write_job_file(tmp_path, to_toml(config))
     reloaded = load_config([f"--job.config_file={path}"])
     assert dataclasses.replace(reloaded, job=dataclasses.replace(reloaded.job, config_file="")) == config
@@ -94,9 +96,28 @@ def test_saved_config_loads_back_to_the_same_config(tmp_path):
         ("", ["--lr_scheduler.min_lr=1", "--optimizer.lr=0.1"], ["lr_scheduler.min_lr = 1.0", "at most optimizer.lr"]),
         ("", ["training.steps=3"], ["argument 'training.steps=3'", "--section.key=value"]),
         ("", ["--data.dataset=sources"], ["data.sources is empty", "[[data.sources]]"]),
+        ("", ["--data.document_masking"], ["data.document_masking = true", 'expected model.attention = "flex"']),
+        ("", ["--model.attention=flesh"], ['model.attention = "flesh"', "'sdpa', 'flex', 'flash'"]),
         ('[[data.sources]]\nname = "a"\npat = "/x"\n', [], ["job.toml", "unknown key 'data.sources[0].pat'"]),
         ('[[data.sources]]\nname = "a"\npath = "/x"\nweight = 0\n', [], ["data.sources[0].weight = 0", "> 0.0"]),
         ("", ["--data.sources=[1, 2]"], ["data.sources: expected an array of tables with the keys name"]),
+        # a weight schedule: steps in order, values >= 0, never every source at 0
+        (
+            '[[data.sources]]\nname = "a"\npath = "/x"\nweight = [[10, 1.0], [5, 2.0]]\n',
+            [],
+            ["data.sources[0].weight = [[10, 1.0], [5, 2.0]]", "> 0.0, or a schedule [[step, value], ...]"],
+        ),
+        ('[[data.sources]]\nname = "a"\npath = "/x"\nweight = [[0, -1]]\n', [], ["weight = [[0, -1]]", "values >= 0"]),
+        (
+            "",
+            [
+                "--data.dataset=sources",
+                '--data.sources=[{name="a", path="/x", weight=[[0, 1], [4, 0], [9, 1]]}, '
+                '{name="b", path="/y", weight=[[4, 0], [8, 1]]}]',
+            ],
+            ["data.sources: every weight is 0 at step 4"],
+        ),
+        ("", ["--checkpoint.initial_load_optimizer"], ["initial_load_optimizer = true", "initial_load_path"]),
         (
             "",
             ["--data.dataset=sources", '--data.sources=[{name="a", path="/x"}, {name="a", path="/y"}]'],
@@ -157,6 +178,27 @@ def test_tinyllama_recipe_carries_the_published_hyperparameters():
         assert [(d.name, d.weight) for d in config.data.sources] == [("slimpajama", 0.693584), ("starcoder", 0.306416)]
         assert config.checkpoint.interval == 5000 and t.mixed_precision == "bfloat16" and config.compile.enable
         assert accumulation_steps(config.training, ranks) == accumulation
+
+
+def test_continued_pretraining_recipes_carry_their_sources_numbers():
+    code = load_config(["--job.config_file=train_configs/tinyllama_1b_code_continue.toml"])
+    t, s = code.training, code.lr_scheduler
+    assert (t.global_batch_tokens, t.steps, code.optimizer.lr, s.min_lr, s.warmup_steps) == (
+        360 * 2048,
+        10000,
+        2e-4,
+        2e-5,
+        0,
+    )
+    assert accumulation_steps(t, 6) == 10 and [d.name for d in code.data.sources] == ["starcoder"]
+    stage2 = load_config(["--job.config_file=train_configs/tinyllama_1b_v1_1_stage2.toml"])
+    weights = [d.weight for d in stage2.data.sources]
+    ramp_end = weights[1][-1][0]
+    assert ramp_end * stage2.training.global_batch_tokens == pytest.approx(6e9, rel=1e-3)  # "the first ~6B tokens"
+    for step, shares in ((0, [1.0, 0.0, 0.0]), (ramp_end // 2, [0.875, 0.075, 0.05]), (ramp_end, [0.75, 0.15, 0.1])):
+        values = [schedule_value(w, step) for w in weights]
+        assert [v / sum(values) for v in values] == pytest.approx(shares, abs=2e-4)
+    assert accumulation_steps(stage2.training, 16) == 7
 
 
 def _keys():

@@ -82,6 +82,7 @@ def test_check_runtime_accepts_what_can_run(overrides, world_size, per_node, cud
         (["--training.device=cuda"], 1, 1, 0, ['training.device = "cuda"', "expected a CUDA device"]),
         ([], 2, 2, 1, ['training.device = "auto"', "2 processes per node on 1 CUDA device", "at most one process"]),
         (["--training.device=cuda"], 4, 4, 2, ['training.device = "cuda"', "4 processes per node on 2"]),
+        (["--model.attention=flash"], 1, 1, 1, ['model.attention = "flash"', "pip install 'tinytitan[flash]'"]),
     ],
 )
 def test_check_runtime_names_the_key_value_and_expectation(overrides, world_size, per_node, cuda_devices, fragments):
@@ -120,3 +121,27 @@ def test_run_options_lead_the_config_arguments():
     )
     with pytest.raises(ConfigError, match="--world-size = 'two': expected a whole number"):
         split_run_options(["--world-size=two"])
+
+
+@pytest.mark.parametrize(
+    "overrides, cuda_devices, fragments",
+    [
+        (["--model.attention=flash"], 0, ["flash-attn runs on CUDA only", 'or model.attention = "flex"']),
+        (["--model.attention=flash", "--training.device=cpu"], 1, ["flash-attn runs on CUDA only"]),
+        (["--model.attention=flash", "--training.mixed_precision=float32"], 1, ["computes in bfloat16"]),
+    ],
+)
+def test_flash_attention_needs_cuda_and_bfloat16_when_installed(monkeypatch, overrides, cuda_devices, fragments):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())  # as if flash-attn were installed
+    with pytest.raises(ConfigError) as error:
+        check_runtime(load_config(overrides), 1, 1, cuda_devices)
+    assert all(fragment in str(error.value) for fragment in fragments), str(error.value)
+    check_runtime(load_config(["--model.attention=flash"]), 1, 1, 1)  # installed, on CUDA, bfloat16: accepted
+
+
+def test_profiling_past_the_last_step_is_refused_only_when_enabled():
+    with pytest.raises(ConfigError, match=r"^profiling.start_step = 11: expected at most training.steps = 10"):
+        load_config(
+            ["--training.steps=10", "--lr_scheduler.warmup_steps=2", "--profiling.enable", "--profiling.start_step=11"]
+        )
+    assert load_config(["--training.steps=10", "--lr_scheduler.warmup_steps=2", "--profiling.start_step=11"])

@@ -109,3 +109,34 @@ def test_one_gpu_trains_bfloat16_fsdp_parameters_like_several():
         weight = model.layers["0"].feed_forward.w1.weight
         assert in_forward == [torch.bfloat16]
         assert isinstance(weight, DTensor) and weight.dtype == weight.grad.dtype == torch.float32
+
+
+def test_profiling_on_cuda_writes_a_trace_with_kernels_and_a_memory_snapshot(tmp_path, corpus_cache):
+    import json
+    import pickle
+
+    from tinytitan.run_folder import RunFolder
+
+    records = train(
+        load_config(
+            [
+                f"--job.config_file={REPO_ROOT / 'train_configs/debug_model.toml'}",
+                f"--job.dump_folder={tmp_path}",
+                f"--data.cache_dir={corpus_cache}",
+                "--training.steps=4",
+                "--metrics.log_freq=2",
+                "--lr_scheduler.warmup_steps=1",
+                "--profiling.enable",
+                "--profiling.start_step=3",
+                "--profiling.steps=1",
+                "--profiling.with_memory",
+            ]
+        )
+    )
+    folder = RunFolder(tmp_path / "debug").profile(3)
+    trace = json.loads((folder / "rank0.trace.json").read_text())
+    assert any(event.get("cat") == "kernel" for event in trace["traceEvents"])  # GPU kernels, from CUDA events
+    snapshot = pickle.loads((folder / "rank0.memory.pickle").read_bytes())
+    assert snapshot["segments"] and snapshot["device_traces"]
+    assert {"time/data_ms", "time/forward_backward_ms", "time/optimizer_ms"} <= set(records[-1])  # CUDA events
+    assert records[-1]["time/forward_backward_ms"] > 0

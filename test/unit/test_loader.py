@@ -1,5 +1,6 @@
 """The global sample stream, its mixing by weight, and the per-rank loader's exact resume."""
 
+import json
 import shutil
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from tinytitan.config import Data, DataSource
+from tinytitan.config.schedules import schedule_value
 from tinytitan.data.loader import DataLoader
 from tinytitan.data.shards import write_shard
 from tinytitan.data.sources import build_streams
@@ -189,18 +191,33 @@ def test_a_position_saved_under_other_stream_settings_is_refused(
         resumed.load_state_dict(state)
 
 
-@pytest.mark.parametrize("weights", [{"prose": 0.5, "code": 0.5}, {"prose": 1.0}, {"code": 0.3, "prose": 0.7}])
-def test_other_sources_or_weights_are_refused_and_a_moved_folder_is_not(
-    tmp_path, corpus_cache, builtin_corpus, weights
+def test_a_checkpoint_saved_before_plans_refuses_other_weights_and_a_moved_folder_resumes(
+    tmp_path, corpus_cache, builtin_corpus
 ):
-    original = {"prose": 0.7, "code": 0.3}
-    state = saved_state(stream_of(corpus_cache, builtin_corpus, weights=original))
+    """Its settings name the sources with their shares: other weights cannot be placed in a plan."""
+    state = saved_state(stream_of(corpus_cache, builtin_corpus, weights={"prose": 0.7, "code": 0.3}))
+    saved = json.loads(state["position"])
+    state = {"position": json.dumps({key: saved[key] for key in ("sample", "settings")})}
     with pytest.raises(UserError, match=r"resume: data.sources = .*: .* with data.sources = \"prose weight 0.7 "):
-        DataLoader(stream_of(corpus_cache, builtin_corpus, weights=weights), 3).load_state_dict(state)
+        DataLoader(stream_of(corpus_cache, builtin_corpus, weights={"prose": 0.5, "code": 0.5}), 3).load_state_dict(
+            state
+        )
+    scheduled = stream_of(corpus_cache, builtin_corpus, weights={"prose": [[0, 0.7]], "code": 0.3})
+    with pytest.raises(UserError, match=r"resume: data.sources = .*prose weight \[\[0, 0.7\]\]"):
+        DataLoader(scheduled, 3).load_state_dict(state)  # the same mixture, but not one the checkpoint can tell
     moved = {name: shutil.copytree(path, tmp_path / name) for name, path in builtin_corpus.sources.items()}
     resumed = DataLoader(stream_of(corpus_cache, builtin_corpus, weights={"prose": 7, "code": 3}, moved=moved), 3)
     resumed.load_state_dict(state)  # the same data elsewhere, and the same shares of the weights
     assert resumed.position == 6
+
+
+def test_a_re_prepared_source_of_the_same_name_is_refused(corpus_cache, builtin_corpus):
+    state = saved_state(stream_of(corpus_cache, builtin_corpus, weights={"prose": 0.7, "code": 0.3}))
+    saved = json.loads(state["position"])
+    saved["plan"][-1]["sources"]["code"]["data"] = "12 train tokens, tokenizer 0123456789ab"
+    resumed = DataLoader(stream_of(corpus_cache, builtin_corpus, weights={"prose": 0.7, "code": 0.3}), 3)
+    with pytest.raises(UserError, match=r"resume: data source 'code': \d+ train tokens.* read it as 12 train tokens"):
+        resumed.load_state_dict({"position": json.dumps(saved)})
 
 
 def test_a_changed_global_batch_continues_the_global_stream_exactly(shards):
@@ -231,3 +248,148 @@ def test_a_checkpoint_saved_before_settings_were_recorded_resumes(tmp_path, corp
     other = DataLoader(stream_of(corpus_cache, builtin_corpus, seq_len=12), 3)
     with pytest.raises(UserError, match="resume: training.seq_len = 12"):
         dcp.load({"dataloader": other}, checkpoint_id=str(tmp_path / "new"), no_dist=True)
+
+
+# ---- weight schedules, and plans changed at resume ----
+
+
+class SmallBlocks(MixedStream):
+    """Blocks of 16 samples, so that a ramp spans many blocks in a few hundred samples."""
+
+    BLOCK = 16
+
+
+RAMP = [[0, 0.0], [40, 3.0]]  # 0 -> 3 over 40 steps, then 3
+FALL = [[10, 2.0], [30, 0.0]]  # 2 until step 10, 0 from step 30 on
+
+
+def scheduled(samples_per_step=6, block_class=SmallBlocks, weights=(RAMP, 1.0, FALL)):
+    names = ["ramp", "flat", "fall"][: len(weights)]
+    return block_class([Tagged(i) for i in range(len(weights))], list(weights), (5,), names, samples_per_step)
+
+
+@pytest.mark.parametrize("block_class", [SmallBlocks, MixedStream])
+def test_each_block_holds_each_scheduled_share_to_within_one_sample(block_class):
+    # a step a block (SmallBlocks), or about 8 steps a block: either way the ramps end inside the sample
+    block, blocks, samples_per_step = (16, 60, 16) if block_class is SmallBlocks else (4096, 6, 500)
+    stream = scheduled(samples_per_step, block_class)
+    tags = np.array([stream.sample(i)[0] for i in range(blocks * block)]).reshape(blocks, block)
+    for b in range(blocks):
+        step = b * block // samples_per_step  # the step the block's first sample is trained in (0-based)
+        weights = [schedule_value(w, step) for w in stream.weights]
+        for source, weight in enumerate(weights):
+            assert abs(np.count_nonzero(tags[b] == source) - weight / sum(weights) * block) < 1, (b, source)
+    samples = [stream.sample(i) for i in range(blocks * block)]
+    for tag in range(3):  # each source's samples in order, none skipped or repeated
+        assert [s[1] for s in samples if s[0] == tag] == list(range(np.count_nonzero(tags == tag)))
+    assert np.count_nonzero(tags[0] == 0) == 0 and np.count_nonzero(tags[-1] == 2) == 0  # the ends of the ramps
+    fresh = scheduled(samples_per_step, block_class)  # random access, without the earlier blocks
+    assert all(np.array_equal(fresh.sample(i), samples[i]) for i in (blocks * block - 1, 5 * block + 3, 17))
+
+
+def per_step(loaders, steps):
+    """`steps` global batches from loaders of every rank, checking that the ranks never overlap."""
+    got = []
+    for _ in range(steps):
+        rank_batches = [next(loader)[0] for loader in loaders]
+        rows = [tuple(row.tolist()) for b in rank_batches for row in b]
+        assert len(set(rows)) == len(rows)
+        got.append(torch.cat(rank_batches))
+    return got
+
+
+@pytest.mark.parametrize("before, after, workers, stop", [(1, 2, 0, 7), (2, 3, 0, 23), (3, 1, 0, 41), (1, 3, 2, 30)])
+def test_a_scheduled_mixture_resumes_exactly_on_any_ranks_and_workers(before, after, workers, stop):
+    """6 samples a step: ramp and fall span steps 0..40 (15 blocks); stops mid-ramp and after it."""
+    single = per_step([DataLoader(scheduled(), 6)], 50)
+
+    def loaders(world_size, state=None):
+        made = [DataLoader(scheduled(), 6 // world_size, r, world_size, num_workers=workers) for r in range(world_size)]
+        for loader in made if state else []:
+            loader.load_state_dict(state)
+        return made
+
+    first = loaders(before)
+    head = per_step(first, stop)
+    states = [loader.state_dict() for loader in first]
+    assert all(state == states[0] for state in states)
+    resumed = loaders(after, states[0])
+    tail = per_step(resumed, 50 - stop)
+    for loader in first + resumed:
+        loader.close()
+    assert all(torch.equal(a, b) for a, b in zip(head + tail, single, strict=True))
+
+
+def test_a_resume_with_other_weights_and_a_new_source_continues_each_source(capsys):
+    """Saved at step 7 (sample 42) with two sources; resumed with other weights and a third source,
+    then saved and resumed again inside the new segment (exact, O(1))."""
+    first = DataLoader(scheduled(weights=(RAMP, 1.0)), 6)
+    before = per_step([first], 7)
+    changed = dict(weights=(1.0, [[0, 1.0], [20, 4.0]], 2.0))  # ramp is constant now, flat scheduled, fall new
+    resumed = DataLoader(scheduled(**changed), 6)
+    resumed.load_state_dict(first.state_dict())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        "resume: data source 'ramp': weight [[0, 0.0], [40, 3.0]] -> 1.0 from sample 42 (step 7)"
+    )
+    assert "'flat': weight 1.0 -> [[0, 1.0], [20, 4.0]]" in lines[1] and "'fall' is new" in lines[2]
+    after = per_step([resumed], 23)
+    rows = torch.cat(before + after)[:, :2].tolist()
+    for tag in range(3):  # no sample of any source skipped or repeated across the change; the new one from 0
+        assert [k for t, k in rows if t == tag] == list(range(sum(t == tag for t, _ in rows)))
+    shares = scheduled(samples_per_step=6, block_class=SmallBlocks, weights=changed["weights"])
+    for b in range(1, 8):  # the new segment's blocks follow the new weights at their steps
+        block = [t for t, _ in rows[42 + 16 * b : 42 + 16 * (b + 1)]]
+        step = 7 + 16 * b // 6
+        weights = [schedule_value(w, step) for w in shares.weights]
+        for source, weight in enumerate(weights):
+            assert abs(block.count(source) - weight / sum(weights) * 16) < 1, (b, source)
+    again = DataLoader(scheduled(**changed), 6)  # a checkpoint inside the new segment
+    again.load_state_dict(resumed.state_dict())
+    again_rows = torch.cat(per_step([again], 5))
+    assert torch.equal(again_rows, torch.cat(per_step([resumed], 5)))
+    assert json.loads(resumed.state_dict()["position"])["plan"][1]["start"] == 42
+    assert capsys.readouterr().out == ""  # the same plan: nothing changes, nothing said
+    assert resumed.source_counters()["data/fall/samples"] == sum(t == 2 for t, _ in rows) + sum(
+        row[0] == 2 for row in again_rows.tolist()
+    )
+
+
+def test_a_changed_global_batch_continues_each_source_and_keeps_the_schedules_on_their_steps(capsys):
+    """6 samples a step for 9 steps, then 12: the ramp's steps stay the run's steps."""
+    first = DataLoader(scheduled(), 6)
+    before = per_step([first], 9)
+    resumed = DataLoader(scheduled(samples_per_step=12), 12)
+    resumed.load_state_dict(first.state_dict())
+    assert capsys.readouterr().out.strip() == (
+        "resume: 6 -> 12 samples per step (training.global_batch_tokens / seq_len) from sample 54 (step 9): "
+        "each source continues at its next sample"
+    )
+    rows = torch.cat(before + per_step([resumed], 12))[:, :2].tolist()
+    for tag in range(3):
+        assert [k for t, k in rows if t == tag] == list(range(sum(t == tag for t, _ in rows)))
+    for b in range(8):  # block b of the new segment starts at step 9 + 16 b / 12
+        block = [t for t, _ in rows[54 + 16 * b : 54 + 16 * (b + 1)]]
+        weights = [schedule_value(w, 9 + 16 * b // 12) for w in (RAMP, 1.0, FALL)]
+        for source, weight in enumerate(weights):
+            assert abs(block.count(source) - weight / sum(weights) * 16) < 1, (b, source)
+
+
+def test_a_source_left_out_at_resume_gives_no_more_samples_and_keeps_its_count(capsys):
+    first = DataLoader(scheduled(), 6)
+    before = torch.cat(per_step([first], 8))[:, :2].tolist()
+    resumed = DataLoader(scheduled(weights=(RAMP, 1.0)), 6)
+    resumed.load_state_dict(first.state_dict())
+    given = sum(t == 2 for t, _ in before)
+    assert (
+        capsys.readouterr().out.strip()
+        == f"resume: data source 'fall' is left out from sample 48 (step 8), after {given} samples"
+    )
+    after = torch.cat(per_step([resumed], 8))[:, :2].tolist()
+    assert all(t != 2 for t, _ in after)
+    for tag in range(2):
+        assert [k for t, k in before + after if t == tag] == list(range(sum(t == tag for t, _ in before + after)))
+    assert resumed.source_counters()["data/fall/samples"] == given  # and in the checkpoint, for the next resume
+    again = DataLoader(scheduled(weights=(RAMP, 1.0)), 6)
+    again.load_state_dict(resumed.state_dict())
+    assert json.loads(again.state_dict()["position"])["consumed"]["fall"] == given

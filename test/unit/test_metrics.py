@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from tinytitan.metrics import MetricsLogger, flops_per_token, memory_gib, peak_flops, peak_flops_of
+from tinytitan.divergence import SpikeDetector
+from tinytitan.metrics import MetricsLogger, Progress, duration, flops_per_token, memory_gib, peak_flops, peak_flops_of
 from tinytitan.models.llama import FLAVORS, Transformer, count_parameters
+from tinytitan.step_timer import StepTimer
 
 
 def test_tinyllama_costs_7_31_gflop_per_token_at_2048():
@@ -48,3 +50,53 @@ def test_scalars_reach_tensorboard(tmp_path):
     events.Reload()
     assert set(events.Tags()["scalars"]) == {"loss", "lr"}
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 5.5), (2, 4.25), (7, 3.0)]
+
+
+def test_progress_estimates_the_time_left_from_the_recent_steps(monkeypatch):
+    clock = iter([100.0, 130.0, 131.0, 132.0])  # start; a slow first interval, then 1 s per 10 steps
+    monkeypatch.setattr("tinytitan.metrics.time.perf_counter", lambda: next(clock))
+    progress = Progress(first_step=1, last_step=1000, window=2)
+    assert progress.report(10, 5120) == {"tokens_seen": 5120, "elapsed_s": 30.0, "eta_s": 3.0 * 990}
+    progress.report(20, 10240)
+    late = progress.report(30, 15360)  # the slow start has left the window: 0.1 s per step
+    assert late["eta_s"] == pytest.approx(0.1 * 970) and late["elapsed_s"] == 32.0
+    assert [duration(s) for s in (6, 245, 3723)] == ["6s", "4m05s", "1h02m03s"]
+
+
+def test_step_timer_splits_the_wall_time_into_phases(monkeypatch):
+    clock = iter([0.0, 0.5, 2.5, 3.0, 3.0, 4.0, 10.0, 10.25, 12.25, 12.75])
+    monkeypatch.setattr("tinytitan.step_timer.time.perf_counter", lambda: next(clock))
+    timer = StepTimer(torch.device("cpu"))
+    for _ in range(2):
+        timer.start_step()
+        for phase in ("data", "forward_backward", "optimizer"):
+            timer.mark(phase)
+        if _ == 0:
+            with timer.phase("checkpoint"):
+                pass
+    assert timer.report() == {
+        "time/data_ms": 375.0,  # (0.5 + 0.25) / 2 steps
+        "time/forward_backward_ms": 2000.0,
+        "time/optimizer_ms": 500.0,
+        "time/checkpoint_s": 1.0,  # 3 -> 4; 4 -> 10 is between steps, not counted
+    }
+
+
+def test_a_loss_far_above_the_recent_ones_is_a_spike():
+    detector = SpikeDetector(stddevs=3)
+    assert [detector.check(loss) for loss in (5.0, 5.1, 4.9, 5.0, 5.1)] == [None] * 5
+    assert detector.check(5.2) is None
+    assert "loss spike: 9.0000" in detector.check(9.0)
+    assert SpikeDetector(stddevs=0).check(100.0) is None
+
+
+def test_wandb_without_the_package_is_a_one_line_error(tmp_path, monkeypatch):
+    import sys
+
+    from tinytitan.errors import UserError
+    from tinytitan.wandb_run import WandbRun
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what an environment without it gives: ImportError
+    with pytest.raises(UserError, match=r"^metrics.enable_wandb = true: the wandb package is not installed"):
+        WandbRun(tmp_path / "wandb", "project", "debug", {})
+    assert not (tmp_path / "wandb").exists()

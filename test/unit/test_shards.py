@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tinytitan.data.shards import HEADER_BYTES, ShardWriter, open_shard, read_header, write_shard
+from tinytitan.data.shards import HEADER_BYTES, ShardWriter, open_mask, open_shard, read_header, write_shard
 from tinytitan.errors import UserError
 
 
@@ -22,6 +22,30 @@ def test_largest_uint16_id_and_an_empty_shard_round_trip(tmp_path):
     write_shard(tmp_path / "empty.bin", np.zeros(0, dtype=np.int64), num_documents=0, vocab_size=10)
     header, tokens = open_shard(tmp_path / "empty.bin")
     assert header.num_tokens == 0 and len(tokens) == 0
+
+
+def test_a_masked_shard_is_version_2_and_keeps_its_mask_beside_the_tokens(tmp_path):
+    rng = np.random.default_rng(2)
+    documents = [(rng.integers(0, 900, size=n), rng.random(n) < 0.4) for n in rng.integers(1, 200, size=30)]
+    writer = ShardWriter(tmp_path, "train", vocab_size=900, tokens_per_shard=700)
+    for ids, trained in documents:
+        writer.add_document(ids, trained)
+    tokens, masks = [], []
+    for path in writer.close():
+        header, stored = open_shard(path)
+        assert (header.version, header.has_mask) == (2, True)
+        assert path.stat().st_size == HEADER_BYTES + 3 * header.num_tokens
+        tokens.append(np.array(stored)), masks.append(np.array(open_mask(path, header)))
+    assert np.array_equal(np.concatenate(tokens), np.concatenate([ids for ids, _ in documents]))
+    assert np.array_equal(np.concatenate(masks), np.concatenate([t for _, t in documents]).astype(np.uint8))
+    path = tmp_path / "plain.bin"
+    write_shard(path, [1, 2, 3], 1, 10)  # no mask: version 1, as before
+    header = read_header(path)
+    assert (header.version, open_mask(path, header)) == (1, None)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:8] + (2).to_bytes(4, "little") + raw[12:36] + (1).to_bytes(4, "little") + raw[40:])
+    with pytest.raises(UserError, match="70 bytes on disk: expected 73 for 3 tokens and their mask"):
+        read_header(path)  # a version-2 header whose mask is missing
 
 
 def test_writer_packs_documents_into_shards_without_losing_any(tmp_path):
@@ -63,7 +87,7 @@ def good_shard(tmp_path):
         (lambda raw: raw[: HEADER_BYTES + 150], "150 bytes|expected 264"),  # truncated
         (lambda raw: raw + b"\0\0", "266 bytes on disk: expected 264"),  # appended
         (lambda raw: b"NOTSHARD" + raw[8:], "not a tinytitan token shard"),
-        (lambda raw: raw[:8] + (2).to_bytes(4, "little") + raw[12:], "format version 2: expected 1"),
+        (lambda raw: raw[:8] + (3).to_bytes(4, "little") + raw[12:], "format version 3: expected 1 or 2"),
         (lambda raw: raw[:12] + (7).to_bytes(4, "little") + raw[16:], "dtype code 7"),
         (lambda raw: raw[:10], "not a tinytitan token shard"),
     ],

@@ -11,6 +11,7 @@ from tinytitan.config.checks import (
     check_devices,
     check_runtime,
     mesh_degrees,
+    wsd_decay_steps,
 )
 from tinytitan.config.model_shape import describe_shape, model_args, shape_source, with_shape
 from tinytitan.config.parser import help_text, load_config, parse_overrides, to_toml, wants_help
@@ -28,6 +29,7 @@ from tinytitan.config.schema import (
     Model,
     Optimizer,
     Parallelism,
+    Profiling,
     Training,
     Validation,
     option,
@@ -48,6 +50,7 @@ __all__ = [
     "Model",
     "Optimizer",
     "Parallelism",
+    "Profiling",
     "Training",
     "Validation",
     "accumulation_steps",
@@ -66,4 +69,5 @@ __all__ = [
     "to_toml",
     "toml_value",
     "wants_help",
+    "wsd_decay_steps",
 ]

@@ -8,8 +8,12 @@ group. So a mistake is one line and exit status 2, never a failure report from e
 module does not import torch: the launcher is told the device count rather than asking torch.
 """
 
+import importlib.util
+
 from tinytitan.config.model_shape import model_args, shape_source
+from tinytitan.config.schedules import schedule_value
 from tinytitan.config.schema import (
+    Checkpoint,
     ConfigError,
     Data,
     JobConfig,
@@ -39,8 +43,20 @@ def check_consistency(config: JobConfig) -> None:
             f"lr_scheduler.min_lr = {config.lr_scheduler.min_lr}: expected at most optimizer.lr = {config.optimizer.lr}"
         )
     _check_warmup(config.lr_scheduler, config.training.steps)
+    _check_initial_load(config.checkpoint)
     _check_sources(config.data)
     _check_tasks(config.validation, config.data.dataset)
+    if config.data.document_masking and config.model.attention == "sdpa":
+        raise ConfigError(
+            'data.document_masking = true: model.attention = "sdpa" attends across the whole window: '
+            'expected model.attention = "flex" (or "flash" on CUDA)'
+        )
+    profiling = config.profiling
+    if profiling.enable and profiling.start_step > config.training.steps:
+        raise ConfigError(
+            f"profiling.start_step = {profiling.start_step}: expected at most training.steps = "
+            f"{config.training.steps}, so that a step is profiled"
+        )
 
 
 def _check_warmup(schedule: LRScheduler, steps: int) -> None:
@@ -58,6 +74,32 @@ def _check_warmup(schedule: LRScheduler, steps: int) -> None:
             f"lr_scheduler.warmup_steps = {warmup}: expected fewer than training.steps = {steps}, so that the "
             f'{schedule.decay_type} decay reaches min_lr at the last step (or lr_scheduler.decay_type = "constant")'
         )
+    if schedule.decay_type == "wsd":
+        _check_wsd(schedule, steps)
+
+
+def wsd_decay_steps(schedule: LRScheduler, steps: int) -> int:
+    """The steps of a warmup-stable-decay schedule's final decay (ending at the last step)."""
+    return schedule.decay_steps or max(1, round(schedule.decay_fraction * steps))
+
+
+def _check_wsd(schedule: LRScheduler, steps: int) -> None:
+    """The decay fits after the warmup: warmup, then (possibly no) stable steps, then the decay."""
+    if not schedule.decay_steps and schedule.decay_fraction > 1:
+        raise ConfigError(f"lr_scheduler.decay_fraction = {schedule.decay_fraction}: expected at most 1")
+    decay = wsd_decay_steps(schedule, steps)
+    if schedule.warmup_steps + decay > steps:
+        which = "decay_steps" if schedule.decay_steps else f"decay_fraction = {schedule.decay_fraction} x {steps} ="
+        raise ConfigError(
+            f"lr_scheduler.{which} {decay}: expected at most training.steps - warmup_steps = "
+            f"{steps} - {schedule.warmup_steps}, so that the decay starts after the warmup"
+        )
+
+
+def _check_initial_load(checkpoint: Checkpoint) -> None:
+    for key in ("initial_load_optimizer", "initial_load_data"):
+        if getattr(checkpoint, key) and not checkpoint.initial_load_path:
+            raise ConfigError(f"checkpoint.{key} = true: expected checkpoint.initial_load_path to name the checkpoint")
 
 
 def _check_sources(data: Data) -> None:
@@ -76,6 +118,16 @@ def _check_sources(data: Data) -> None:
             )
         if source.name in names[:index]:
             raise ConfigError(f"data.sources[{index}].name = {toml_value(source.name)}: expected names to be unique")
+    _check_weights_never_all_zero(data)
+
+
+def _check_weights_never_all_zero(data: Data) -> None:
+    """Scheduled weights may reach 0, but never all at once: then no source would give a sample. The
+    sum is linear between the schedules' points and flat outside them, so the points are enough."""
+    points = sorted({point[0] for s in data.sources if isinstance(s.weight, list) for point in s.weight})
+    for step in points:
+        if sum(schedule_value(s.weight, step) for s in data.sources) == 0:
+            raise ConfigError(f"data.sources: every weight is 0 at step {step}: expected at least one source above 0")
 
 
 def _check_tasks(validation: Validation, dataset: str) -> None:
@@ -141,9 +193,27 @@ def check_devices(training: Training, processes_per_node: int, cuda_devices: int
         )
 
 
+def check_attention(config: JobConfig, cuda_devices: int) -> None:
+    """model.attention = "flash" needs the flash-attn package, a CUDA device and bfloat16."""
+    if config.model.attention != "flash":
+        return
+    device = config.training.device
+    on = "cuda" if device == "cuda" or (device == "auto" and cuda_devices > 0) else "cpu"
+    if importlib.util.find_spec("flash_attn") is None:
+        why = "the flash-attn package is not installed: expected pip install 'tinytitan[flash]' on a CUDA machine"
+    elif on != "cuda":
+        why = "flash-attn runs on CUDA only and this run is on the CPU"
+    elif config.training.mixed_precision == "float32":
+        why = 'flash-attn computes in bfloat16: expected training.mixed_precision = "auto" or "bfloat16"'
+    else:
+        return
+    raise ConfigError(f'model.attention = "flash": {why} (or model.attention = "flex" / "sdpa")')
+
+
 def check_runtime(config: JobConfig, world_size: int, processes_per_node: int, cuda_devices: int) -> None:
     """Every check that depends on the number of ranks and devices: the batch divides into the
     ranks' micro-batches, the mesh degrees multiply to the world size, and the devices are there."""
     check_devices(config.training, processes_per_node, cuda_devices)
+    check_attention(config, cuda_devices)
     mesh_degrees(config.parallelism, world_size)
     accumulation_steps(config.training, world_size)

@@ -18,6 +18,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from tinytitan.config.checks import check_consistency
+from tinytitan.config.schedules import SCHEDULE_EXPECTED, parse_schedule
 from tinytitan.config.schema import INT64_MAX, ConfigError, JobConfig, toml_value
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
@@ -58,6 +59,13 @@ def _expected(f: dataclasses.Field, value=None) -> str:
     if table:
         keys = ", ".join(f"{g.name} ({_expected(g)})" for g in dataclasses.fields(table))
         return f"an array of tables with the keys {keys}"
+    if f.metadata["schedule"]:
+        return f"{_expected_value(f, None if isinstance(value, list) else value)}, or a schedule {SCHEDULE_EXPECTED}"
+    return _expected_value(f, value)
+
+
+def _expected_value(f: dataclasses.Field, value) -> str:
+    """What a key of one value accepts (a number, a string, one of the choices)."""
     meta, limits = f.metadata, []
     int64_limit = type(value) is int and abs(value) > INT64_MAX
     finite = "finite " if isinstance(value, float) and not math.isfinite(value) else ""
@@ -73,6 +81,8 @@ def _expected(f: dataclasses.Field, value=None) -> str:
 
 def _check_range(value, f: dataclasses.Field) -> bool:
     meta = f.metadata
+    if isinstance(value, list):  # a schedule, checked point by point as it was parsed
+        return meta["schedule"]
     return not (
         (isinstance(value, float) and not math.isfinite(value))
         or (meta["choices"] and value not in meta["choices"])
@@ -84,7 +94,9 @@ def _check_range(value, f: dataclasses.Field) -> bool:
 
 
 def _from_toml(value, f: dataclasses.Field):
-    """The TOML value as the field's type, or None when it has another type."""
+    """The TOML value as the field's type (or a schedule, where the key takes one), or None when it has another type."""
+    if f.metadata["schedule"] and isinstance(value, list):
+        return parse_schedule(value)
     if f.type is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             return float(value)
@@ -116,7 +128,8 @@ def _convert(raw, f: dataclasses.Field, key: str, source: str, parse):
     if _table_type(f):
         return _convert_tables(raw, f, key, source)
     value = parse(raw, f)
-    value = f.metadata["aliases"].get(value, value)  # another spelling of an accepted value: stored as that value
+    if not isinstance(value, list):
+        value = f.metadata["aliases"].get(value, value)  # another spelling of an accepted value: stored as that value
     if value is None or not _check_range(value, f):
         raise ConfigError(f"{source}: {key} = {toml_value(raw)}: expected {_expected(f, value)}")
     return value

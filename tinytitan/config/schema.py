@@ -8,6 +8,7 @@ The parser (parser.py) applies defaults, then the TOML file, then the command li
 import json
 from dataclasses import dataclass, field
 
+from tinytitan.chat_templates import TEMPLATES
 from tinytitan.dtypes import ALIASES as DTYPE_ALIASES
 from tinytitan.dtypes import DTYPE_NAMES
 from tinytitan.errors import UserError
@@ -23,12 +24,17 @@ class ConfigError(UserError):
 INT64_MAX = 2**63 - 1
 
 
-def option(default, doc: str, *, choices=None, aliases=None, min=None, above=None, max=None, below=None):
+def option(
+    default, doc: str, *, choices=None, aliases=None, min=None, above=None, max=None, below=None, schedule=False
+):
     """A config key: its default, a one-line doc, and the values it accepts. `aliases` maps other
-    spellings a user may write (say, from an older config) to the stored one, before `choices` is checked."""
+    spellings a user may write (say, from an older config) to the stored one, before `choices` is checked.
+    `schedule`: a number key that also takes a piecewise-linear schedule over optimizer steps,
+    [[step, value], ...] (see weight_schedule)."""
     if type(default) is int and max is None:
         max = INT64_MAX
     limits = {"choices": choices, "aliases": aliases or {}, "min": min, "above": above, "max": max, "below": below}
+    limits["schedule"] = schedule
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"doc": doc, **limits})
     return field(default=default, metadata={"doc": doc, **limits})
@@ -90,6 +96,12 @@ class Model:
         "RMSNorm, rotary, SwiGLU and loss: fused Triton kernels or plain PyTorch; auto: triton on CUDA, torch on CPU",
         choices=("auto", "triton", "torch"),
     )
+    attention: str = option(
+        "sdpa",
+        "attention backend: sdpa (PyTorch's, causal only), flex (FlexAttention: causal or document-masked), "
+        "flash (the flash-attn package, CUDA only: pip install 'tinytitan[flash]')",
+        choices=("sdpa", "flex", "flash"),
+    )
 
 
 @dataclass
@@ -112,6 +124,23 @@ class Training:
     device: str = option("auto", "auto: CUDA when available, else CPU", choices=("auto", "cuda", "cpu"))
     # torch.manual_seed takes at most 2**64 - 1 (numpy's generators take any size)
     seed: int = option(42, "seed of the initial weights and the data order", min=0, max=2**64 - 1)
+    skip_nonfinite_steps: int = option(
+        0,
+        "divergence guard: a step whose loss or gradient norm is NaN/inf on any rank changes nothing and is "
+        "skipped, and this many skips in a row stop the run (costs one host sync per step); 0: off, a "
+        "non-finite loss at a log step stops the run",
+        min=0,
+    )
+    loss_spike_stddevs: float = option(
+        0.0,
+        "log an event when a logged loss exceeds the mean of the recent ones by this many stddevs (0: off)",
+        min=0.0,
+    )
+    gc_freq: int = option(
+        50,
+        "Python's automatic garbage collection is off in the loop and runs every this many steps (0: automatic)",
+        min=0,
+    )
 
 
 @dataclass
@@ -130,25 +159,43 @@ class LRScheduler:
         20, "steps of linear warmup to the peak lr (fewer than training.steps, so that the decay ends at min_lr)", min=0
     )
     decay_type: str = option(
-        "cosine", "decay from the peak to min_lr after warmup", choices=("cosine", "linear", "constant")
+        "cosine",
+        "decay from the peak to min_lr after warmup; wsd: warmup-stable-decay, the peak until the last decay_steps",
+        choices=("cosine", "linear", "constant", "wsd"),
     )
     min_lr: float = option(4e-5, "learning rate at the last step", min=0.0)
+    decay_steps: int = option(0, "wsd: steps of the final decay, ending at training.steps (0: decay_fraction)", min=0)
+    decay_fraction: float = option(
+        0.2,
+        "wsd, when decay_steps = 0: the final decay's share of training.steps (rounded, at least 1 step)",
+        above=0.0,
+    )
+    decay_shape: str = option(
+        "linear", "wsd: the final decay's shape, linear or 1-sqrt (1 - sqrt(progress))", choices=("linear", "1-sqrt")
+    )
 
 
 @dataclass
 class DataSource:
     name: str = option("", "name of the source in logs (val/<name>/loss)")
     path: str = option("", "folder prepared by scripts/prepare_data.py (it holds manifest.json)")
-    weight: float = option(1.0, "share of the samples drawn from this source (weights are normalised)", above=0.0)
+    weight: float = option(
+        1.0,
+        "share of the samples drawn from this source (weights are normalised), or a schedule over optimizer steps: "
+        "[[step, weight], ...], linear between the points, the first weight before them and the last after them",
+        above=0.0,
+        schedule=True,
+    )
 
 
 @dataclass
 class Data:
     dataset: str = option(
         "builtin",
-        "builtin: Python's docs and sources, 7:3 prose:code; sources: data.sources; "
+        "builtin: Python's docs and sources, 7:3 prose:code; builtin_chat: conversations made from Python's docs "
+        "(finetuning, with the built-in corpus's tokenizer); sources: data.sources; "
         "synthetic: uniform random tokens (benchmarks)",
-        choices=("builtin", "sources", "synthetic"),
+        choices=("builtin", "builtin_chat", "sources", "synthetic"),
     )
     sources: list[DataSource] = option([], "prepared data sources mixed by weight when dataset = 'sources'")
     tokenizer_path: str = option(
@@ -157,6 +204,27 @@ class Data:
     )
     cache_dir: str = option("~/.cache/tinytitan", "where the built-in corpus is prepared once and reused")
     num_workers: int = option(2, "loader worker processes per rank (0: load in the training process)", min=0)
+    document_masking: bool = option(
+        False,
+        "a token attends only to earlier tokens of its own document (documents start at the bos token; needs "
+        'model.attention = "flex" or "flash"); false: across the whole window, as TinyLlama trained',
+    )
+    document_positions: str = option(
+        "window",
+        "rotary positions: window (0..seq_len-1 across the packed documents) or per_document (from 0 at each bos)",
+        choices=("window", "per_document"),
+    )
+    chat_template: str = option(
+        "",
+        "chat template of the conversations (prepare_data --format chat), written into an export's tokenizer; "
+        "empty: the one the sources were prepared with",
+        choices=("", *TEMPLATES),
+    )
+    packing: bool = option(
+        True,
+        "conversations: pack several whole ones per sample (with data.document_masking) rather than one per "
+        "sample padded to seq_len",
+    )
 
 
 @dataclass
@@ -191,6 +259,20 @@ class Validation:
 class Metrics:
     log_freq: int = option(10, "log a line (and TensorBoard scalars) every this many steps", min=1)
     enable_tensorboard: bool = option(True, "write TensorBoard scalars under <run folder>/tb")
+    enable_wandb: bool = option(
+        False, "log the same scalars to Weights & Biases (pip install wandb; WANDB_MODE=offline works without network)"
+    )
+    wandb_project: str = option("tinytitan", "the Weights & Biases project; the run's name is job.name")
+
+
+@dataclass
+class Profiling:
+    enable: bool = option(False, "trace steps with torch.profiler into <run folder>/profiles/step-<start_step>/")
+    start_step: int = option(5, "the first profiled step (a later one than the first: past the warm-up)", min=1)
+    steps: int = option(2, "profiled steps", min=1)
+    with_memory: bool = option(
+        False, "on CUDA, also record a memory snapshot (for pytorch.org/memory_viz) of the profiled steps"
+    )
 
 
 @dataclass
@@ -227,6 +309,16 @@ class Checkpoint:
     initial_load_path: str = option(
         "", "model-only checkpoint to start from when the run folder has none (e.g. converted TinyLlama weights)"
     )
+    initial_load_optimizer: bool = option(
+        False,
+        "also load the optimizer state (AdamW's moments) of initial_load_path, a full training checkpoint: a "
+        "cooldown from a stable-phase checkpoint; the lr and hyperparameters are still this config's",
+    )
+    initial_load_data: bool = option(
+        False,
+        "also continue initial_load_path's data stream where it stopped (a full training checkpoint): the new run's "
+        "sources continue from their consumed samples, a source new to it starts at its sample 0",
+    )
     initial_load_extends_context: bool = option(
         False,
         "continue initial_load_path's model at a longer context: its rope_theta, rope_scaling keys and max_seq_len "
@@ -255,6 +347,7 @@ class JobConfig:
     data: Data = field(default_factory=Data)
     validation: Validation = field(default_factory=Validation)
     metrics: Metrics = field(default_factory=Metrics)
+    profiling: Profiling = field(default_factory=Profiling)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     parallelism: Parallelism = field(default_factory=Parallelism)
     activation_checkpoint: ActivationCheckpoint = field(default_factory=ActivationCheckpoint)

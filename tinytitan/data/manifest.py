@@ -6,7 +6,8 @@ built-in corpus) holds token shards named `<split>-*.bin` and a `manifest.json`:
     {
       "format": "tinytitan-shards", "version": 1,
       "tokenizer": {"sha256": ..., "vocab_size": ..., "bos_id": ..., "eos_id": ...},
-      "settings": {...how documents were turned into tokens, e.g. "bos": true, "eos": true...},
+      "settings": {...how documents were turned into tokens, e.g. "bos": true, "eos": true; and for
+                   conversations "chat_template": its name, their shards holding trained-token masks...},
       "splits": {"train": {"shards": ["train-00000.bin", ...], "documents": N, "tokens": N},
                  "validation": {...}},
       ...any other keys the writer records (sources, counts of skipped inputs)...

@@ -1,6 +1,7 @@
 """A sentencepiece tokenizer with Llama's conventions (bos and eos added on request)."""
 
 import hashlib
+from functools import cached_property
 from pathlib import Path
 
 import sentencepiece as spm
@@ -35,6 +36,10 @@ class Tokenizer:
     def eos_id(self) -> int:
         return self._sp.eos_id()
 
+    @property
+    def unk_id(self) -> int:
+        return self._sp.unk_id()
+
     def check_fits(self, vocab_size: int, model: str = "the model") -> "Tokenizer":
         """Refuse a tokenizer with more pieces than the model's vocabulary: its ids would index
         past the embedding table. Returns the tokenizer, for chaining."""
@@ -47,6 +52,17 @@ class Tokenizer:
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         return ([self.bos_id] if bos else []) + self._sp.EncodeAsIds(text) + ([self.eos_id] if eos else [])
+
+    def piece(self, token_id: int) -> str:
+        return self._sp.IdToPiece(token_id)
+
+    @cached_property
+    def special_pieces(self) -> dict[str, int]:
+        """The control and unknown pieces (`<s>`, `</s>`, `<unk>`) by their text: sentencepiece reads
+        that text as plain characters, the exported Hugging Face tokenizer as the token itself."""
+        return {
+            self._sp.IdToPiece(i): i for i in range(self.vocab_size) if self._sp.IsControl(i) or self._sp.IsUnknown(i)
+        }
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.DecodeIds(list(ids))

@@ -14,7 +14,10 @@ left part comes first, so a run grows from its left end, as sentencepiece's left
 
 `<s>`, `</s>` and `<unk>` typed in the text are plain text to sentencepiece, so the tokenizer is
 saved with `split_special_tokens` (code such as the regex `(?P<s>...)` keeps its ids); the ids of
-bos/eos are still added and decoded as special tokens.
+bos/eos are still added and decoded as special tokens. A tokenizer exported with a chat template is
+the exception: the template writes each turn's end as the text `</s>`, which must be the token for
+`apply_chat_template` to give the ids the model was finetuned on, so there that text is the token
+(as in every Hugging Face chat model, TinyLlama-Chat's included).
 
 Llama 2 has no padding piece, yet batched encoding (`padding=True`) and pipelines with batch_size > 1
 need one. We pad with the unknown piece `<unk>`, on the left: the attention mask hides the pads, a
@@ -28,6 +31,7 @@ import json
 import shutil
 from pathlib import Path
 
+from tinytitan.chat_templates import template_text
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
 
@@ -141,9 +145,12 @@ def build_tokenizer_json(proto) -> str:
     return tokenizer.to_str(pretty=True)
 
 
-def write_hf_tokenizer(model_path: str | Path, folder: str | Path, max_length: int) -> Tokenizer:
+def write_hf_tokenizer(
+    model_path: str | Path, folder: str | Path, max_length: int, chat_template: str = ""
+) -> Tokenizer:
     """Write tokenizer.model, tokenizer.json, tokenizer_config.json and special_tokens_map.json into
-    `folder`, for `AutoTokenizer.from_pretrained(folder)`. Returns the tokenizer."""
+    `folder`, for `AutoTokenizer.from_pretrained(folder)`, with the named chat template (see
+    tinytitan/chat_templates.py) when one is given. Returns the tokenizer."""
     model_path, folder = Path(model_path).expanduser(), Path(folder)
     tokenizer = Tokenizer(model_path)  # checks it is a sentencepiece model with bos and eos
     proto = _read_proto(model_path)
@@ -159,13 +166,15 @@ def write_hf_tokenizer(model_path: str | Path, folder: str | Path, max_length: i
         "padding_side": "left",  # for batched generate (see the top)
         "add_bos_token": True,  # as training did: every document starts with <s>
         "add_eos_token": False,
-        "split_special_tokens": True,
+        "split_special_tokens": not chat_template,  # a chat template's </s> must be the token (see the top)
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_length,
         # The model takes no token_type_ids: without this, transformers 4 returns them and
         # `model.generate(**tokenizer(text, return_tensors="pt"))` fails.
         "model_input_names": ["input_ids", "attention_mask"],
     }
+    if chat_template:
+        config["chat_template"] = template_text(chat_template)
     shutil.copyfile(model_path, folder / "tokenizer.model")
     (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

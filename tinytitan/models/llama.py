@@ -19,6 +19,14 @@ from torch.utils.checkpoint import checkpoint
 from tinytitan.errors import UserError
 from tinytitan.kernels import cross_entropy, rmsnorm, rotary, swiglu, triton_unusable_reason
 from tinytitan.models.args import FLAVORS, ModelArgs  # noqa: F401  (re-exported: the model's arguments live there)
+from tinytitan.models.attention import (
+    ATTENTION,
+    CAUSAL,
+    AttentionOptions,
+    DocumentLayout,
+    document_layout,
+    rotate,
+)
 
 
 @dataclass(frozen=True)
@@ -58,11 +66,13 @@ def select_kernels(choice: str, device: torch.device) -> str:
 
 class LayerKVCache:
     """One layer's keys and values of the positions seen so far, for generation: each forward
-    appends its positions, and attention then looks at all of them."""
+    appends its positions, and attention then looks at all of them (but at no padding: `keep`)."""
 
-    def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, device, dtype):
-        self.keys = torch.zeros(batch, max_len, n_kv_heads, head_dim, device=device, dtype=dtype)
+    def __init__(self, keep: torch.Tensor, n_kv_heads: int, head_dim: int, dtype):
+        batch, max_len = keep.shape
+        self.keys = torch.zeros(batch, max_len, n_kv_heads, head_dim, device=keep.device, dtype=dtype)
         self.values = torch.zeros_like(self.keys)
+        self.keep = keep  # [batch, max_len], False at padding; shared by every layer
         self.length = 0
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,19 +85,40 @@ class LayerKVCache:
         self.length = end
         return self.keys[:, :end], self.values[:, :end]
 
+    def attention_mask(self, seq: int) -> torch.Tensor:
+        """[batch, 1, seq, length]: the last `seq` positions (the queries) each see every earlier key
+        and themselves, but no padding. A padding query still sees itself, so that its (unused) row
+        of attention has a key and stays finite rather than NaN."""
+        positions = torch.arange(self.length, device=self.keep.device)
+        queries = positions[self.length - seq :, None]
+        causal = positions[None, :] <= queries
+        return causal & (self.keep[:, None, None, : self.length] | (positions[None, :] == queries))
+
 
 class KVCache:
     """Every layer's LayerKVCache. Pass it to `Transformer.forward` to feed a sequence in pieces:
-    each call continues at position `length`."""
+    each call continues at position `length`. Batched generation pads prompts on the left and
+    marks the padding with `mask_padding`; speculative decoding takes back rejected positions
+    with `truncate`."""
 
     def __init__(self, args: "ModelArgs", batch: int, max_len: int, device, dtype=torch.float32):
-        self.layers = [
-            LayerKVCache(batch, max_len, args.n_kv_heads, args.head_dim, device, dtype) for _ in range(args.n_layers)
-        ]
+        self.keep = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        self.layers = [LayerKVCache(self.keep, args.n_kv_heads, args.head_dim, dtype) for _ in range(args.n_layers)]
 
     @property
     def length(self) -> int:
         return self.layers[0].length
+
+    def mask_padding(self, padding: torch.Tensor) -> None:
+        """Hide the positions where `padding` [batch, positions] is True from every later query."""
+        self.keep[:, : padding.shape[1]] &= ~padding.to(self.keep.device)
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on: the next forward continues there."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"KV cache holds {self.length} positions: cannot truncate to {length}")
+        for layer in self.layers:
+            layer.length = length
 
 
 class RMSNorm(nn.Module):
@@ -104,11 +135,12 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query attention: n_kv_heads key/value heads shared by n_heads query heads."""
+    """Grouped-query attention: n_kv_heads key/value heads shared by n_heads query heads, through
+    the backend chosen when the model is built (models/attention.py)."""
 
-    def __init__(self, args: ModelArgs, kernels: Kernels):
+    def __init__(self, args: ModelArgs, kernels: Kernels, backend: str = "sdpa"):
         super().__init__()
-        self.kernels = kernels
+        self.kernels, self.attend = kernels, ATTENTION[backend]
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
@@ -116,24 +148,26 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKVCache | None = None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKVCache | None = None, mask=None
     ) -> torch.Tensor:
+        """`mask` is the backend's form of the documents (DocumentLayout.mask); cos/sin are [seq,
+        head_dim], or [batch, seq, head_dim] at per-document positions."""
         batch, seq, _ = x.shape
         q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)
-        q, k = self.kernels.rotary(q, cos, sin), self.kernels.rotary(k, cos, sin)
-        mask = None
-        if cache is not None:
-            k, v = cache.append(k, v)
-            # The queries are the last `seq` positions: each sees every earlier key and itself.
-            mask = torch.ones(seq, k.shape[1], dtype=torch.bool, device=x.device).tril(k.shape[1] - seq)
+        q, k = rotate(self.kernels.rotary, q, cos, sin), rotate(self.kernels.rotary, k, cos, sin)
+        if cache is None:
+            return self.wo(self.attend(q, k, v, mask).reshape(batch, seq, -1))
+        # Generation: whatever the backend, SDPA over the cache, which holds one sequence per row
+        # read causally, less its left padding.
+        k, v = cache.append(k, v)
+        mask = cache.attention_mask(seq)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
             k.transpose(1, 2),
             v.transpose(1, 2),
             attn_mask=mask,
-            is_causal=mask is None,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
@@ -164,10 +198,10 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs, kernels: Kernels):
+    def __init__(self, args: ModelArgs, kernels: Kernels, attention: str = "sdpa"):
         super().__init__()
         self.attention_norm = RMSNorm(args.dim, args.norm_eps, kernels)
-        self.attention = Attention(args, kernels)
+        self.attention = Attention(args, kernels, attention)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps, kernels)
         self.feed_forward = FeedForward(args, kernels)
         # Set by parallel.apply_activation_checkpointing: recompute this block's activations in
@@ -175,16 +209,16 @@ class TransformerBlock(nn.Module):
         self.checkpoint_activations = False
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKVCache | None = None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKVCache | None = None, mask=None
     ) -> torch.Tensor:
         if self.checkpoint_activations and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, cos, sin, cache, use_reentrant=False)
-        return self._forward(x, cos, sin, cache)
+            return checkpoint(self._forward, x, cos, sin, cache, mask, use_reentrant=False)
+        return self._forward(x, cos, sin, cache, mask)
 
     def _forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKVCache | None = None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerKVCache | None = None, mask=None
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, cache)
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
     def init_weights(self, init_std: float, out_std: float):
@@ -217,13 +251,15 @@ class OutputHead(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs, kernels: str = "torch"):
+    def __init__(self, args: ModelArgs, kernels: str = "torch", attention: AttentionOptions = CAUSAL):
         super().__init__()
-        self.args, self.kernels_name = args, kernels
+        self.args, self.kernels_name, self.attention_options = args, kernels, attention
         chosen = KERNELS[kernels]
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         # A dict keyed by layer index keeps parameter names stable when layers are wrapped or split.
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(args, chosen) for i in range(args.n_layers)})
+        self.layers = nn.ModuleDict(
+            {str(i): TransformerBlock(args, chosen, attention.backend) for i in range(args.n_layers)}
+        )
         self.norm = RMSNorm(args.dim, args.norm_eps, chosen)
         self.output = OutputHead(args.dim, args.vocab_size, chosen, tied=args.tie_embeddings)
         # Derived from the arguments, so not saved in checkpoints (persistent=False).
@@ -235,15 +271,20 @@ class Transformer(nn.Module):
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> torch.Tensor:
         """Logits [batch, seq, vocab] for `tokens`; or, given `labels`, the mean loss over them.
-        With a `cache` (generation), `tokens` continue the positions it holds, and are added to it."""
+        With a `cache` (generation), `tokens` continue the positions it holds, and are added to it:
+        one sequence, attended causally, at positions that continue (see models/attention.py)."""
         start = cache.length if cache is not None else 0
         end = start + tokens.shape[1]
         if end > self.args.max_seq_len:
             raise ValueError(f"sequence of {end} tokens is longer than max_seq_len={self.args.max_seq_len}")
-        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        layout = document_layout(tokens, self.attention_options) if cache is None else DocumentLayout(None, None)
+        if layout.positions is None:
+            cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        else:
+            cos, sin = self.rope_cos[layout.positions], self.rope_sin[layout.positions]
         h = self.tok_embeddings(tokens)
         for name, layer in self.layers.items():
-            h = layer(h, cos, sin, cache.layers[int(name)] if cache is not None else None)
+            h = layer(h, cos, sin, cache.layers[int(name)] if cache is not None else None, layout.mask)
         tied = self.tok_embeddings.weight if self.args.tie_embeddings else None
         return self.output(self.norm(h), labels, tied)
 
@@ -266,10 +307,15 @@ class Transformer(nn.Module):
         self.rope_sin.copy_(sin)
 
 
-def build_model(args: ModelArgs, device: torch.device | str, kernels: str = "torch") -> Transformer:
+def build_model(
+    args: ModelArgs,
+    device: torch.device | str,
+    kernels: str = "torch",
+    attention: AttentionOptions = CAUSAL,
+) -> Transformer:
     """Build on meta, materialise on `device` and initialise (seed the default generator first)."""
     with torch.device("meta"):
-        model = Transformer(args, kernels)
+        model = Transformer(args, kernels, attention)
     model.to_empty(device=device)
     model.init_weights()
     return model

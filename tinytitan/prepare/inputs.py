@@ -13,13 +13,14 @@ from pathlib import Path
 
 from tinytitan.errors import UserError
 
-FORMATS = ("auto", "slimpajama", "starcoder", "jsonl", "txt")
+FORMATS = ("auto", "slimpajama", "starcoder", "jsonl", "txt", "chat")
 # File names each format reads when walking a folder (auto: all of them).
 SUFFIXES = {
     "slimpajama": (".jsonl.zst", ".jsonl"),
     "jsonl": (".jsonl.zst", ".jsonl"),
     "starcoder": (".parquet",),
     "txt": (".txt",),
+    "chat": (".jsonl.zst", ".jsonl"),  # never chosen by auto: a conversation file looks like any JSON lines
 }
 
 

@@ -10,12 +10,15 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+from tinytitan.chat_templates import encode_chat
 from tinytitan.data.shards import ShardWriter
 from tinytitan.data.tokenizer import Tokenizer
 from tinytitan.errors import UserError
 from tinytitan.files import atomic_write_json
+from tinytitan.prepare.conversations import Conversation, read_conversations
 from tinytitan.prepare.inputs import Input
 from tinytitan.prepare.options import VALIDATION, Options
 from tinytitan.prepare.readers import Document, Skip, read_documents
@@ -48,17 +51,18 @@ def prepare_input(item: Input, options: Options, tokenizer: Tokenizer, report) -
     writers: dict[str, ShardWriter] = {}
     tally = Tally(report)
     try:
-        for document in read_documents(item, options.sets):
-            if not isinstance(document, Document):
-                tally.leave_out(document, options.strict)
+        for document in _documents(item, options, tokenizer):
+            encoded = _encode(document, item, options, tokenizer)
+            if isinstance(encoded, Skip):
+                tally.leave_out(encoded, options.strict)
                 continue
+            ids, trained = encoded
             split = VALIDATION if held_out(item.name, document.where, options.holdout_fraction) else options.split
             if split not in writers:
                 writers[split] = ShardWriter(
                     options.output, f"{split}-{key}", tokenizer.vocab_size, options.tokens_per_shard
                 )
-            ids = tokenizer.encode(document.text, bos=options.bos, eos=options.eos)
-            writers[split].add_document(ids)
+            writers[split].add_document(ids, trained)
             tally.add(split, document.group, len(ids), document.utf8_bytes)
         for split, writer in writers.items():
             tally.splits[split]["shards"] = [path.name for path in writer.close()]
@@ -85,6 +89,24 @@ def prepare_input(item: Input, options: Options, tokenizer: Tokenizer, report) -
     record_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record_path, record, indent=1)
     return record
+
+
+def _documents(item: Input, options: Options, tokenizer: Tokenizer) -> Iterator[Document | Conversation | Skip]:
+    if item.format == "chat":
+        return read_conversations(item, tuple(tokenizer.special_pieces))
+    return read_documents(item, options.sets)
+
+
+def _encode(document, item: Input, options: Options, tokenizer: Tokenizer):
+    """(ids, trained-token mask or None) of a document or conversation, or the Skip saying why not."""
+    if isinstance(document, Skip):
+        return document
+    if isinstance(document, Document):
+        return tokenizer.encode(document.text, bos=options.bos, eos=options.eos), None
+    try:
+        return encode_chat(tokenizer, list(document.messages), options.chat_template)
+    except ValueError as error:  # this template and tokenizer cannot tell an answer's ids apart
+        return Skip("answer not separable", item.paths[0], document.where, str(error))
 
 
 class Tally:
@@ -138,4 +160,5 @@ def remove_shards_of(output: Path, key: str) -> None:
 
 def run_settings(options: Options, tokenizer: Tokenizer) -> dict:
     """How documents became tokens: one value for a whole prepared folder."""
-    return {"bos": options.bos, "eos": options.eos, "tokenizer_sha256": tokenizer.checksum()}
+    settings = {"bos": options.bos, "eos": options.eos, "tokenizer_sha256": tokenizer.checksum()}
+    return settings | ({"chat_template": options.chat_template} if options.chat_template else {})

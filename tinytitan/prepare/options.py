@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinytitan.chat_templates import DEFAULT_TEMPLATE, TEMPLATES, template_text
 from tinytitan.errors import UserError
 from tinytitan.prepare.inputs import FORMATS
 from tinytitan.prepare.readers import REDPAJAMA_SETS, SetFilter
@@ -29,6 +30,7 @@ class Options:
     sets: SetFilter
     strict: bool
     tokens_per_shard: int
+    chat_template: str = ""  # --format chat: the template conversations are written in
 
     def input_options(self, format: str) -> dict:
         """What decides an input's tokens besides the run's settings: a resume must match it."""
@@ -75,6 +77,12 @@ def parse_args(argv: list[str], description: str | None = None) -> argparse.Name
     parser.add_argument(
         "--languages", metavar="NAMES", help="StarCoderData: only these language folders (comma-separated)"
     )
+    parser.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="NAME",
+        help=f"--format chat: the chat template (default: {DEFAULT_TEMPLATE}; one of {', '.join(TEMPLATES)})",
+    )
     parser.add_argument("--no-bos", dest="bos", action="store_false", help="do not start each document with <s>")
     parser.add_argument("--no-eos", dest="eos", action="store_false", help="do not end each document with </s>")
     parser.add_argument(
@@ -102,6 +110,7 @@ def options_from(args: argparse.Namespace) -> Options:
         )
     if args.workers < 1 or args.tokens_per_shard < 1:
         raise UserError("--workers and --tokens-per-shard: expected integers >= 1")
+    chat_template = _chat_template(args)
     include = _set_names("--include-sets", args.include_sets) if args.include_sets is not None else None
     return Options(
         output=args.output.expanduser(),
@@ -113,7 +122,23 @@ def options_from(args: argparse.Namespace) -> Options:
         sets=SetFilter(include, _set_names("--exclude-sets", args.exclude_sets)),
         strict=args.strict,
         tokens_per_shard=args.tokens_per_shard,
+        chat_template=chat_template,
     )
+
+
+def _chat_template(args: argparse.Namespace) -> str:
+    """The chat template of a --format chat run ("" for any other format)."""
+    if args.format != "chat":
+        if args.chat_template is not None:
+            raise UserError(f"--chat-template {args.chat_template}: expected it only with --format chat")
+        return ""
+    if not (args.bos and args.eos):
+        raise UserError(
+            "--no-bos/--no-eos with --format chat: expected neither (the chat template places <s> and </s>)"
+        )
+    name = args.chat_template or DEFAULT_TEMPLATE
+    template_text(name)  # one line naming the templates there are
+    return name
 
 
 def _set_names(flag: str, value: str) -> frozenset[str]:

@@ -48,7 +48,8 @@ def check_settings(records: dict[str, dict], settings: dict, output: Path) -> No
 
 
 def _describe(settings: dict) -> str:
-    return f"bos={settings['bos']} eos={settings['eos']} tokenizer sha256 {settings['tokenizer_sha256'][:12]}…"
+    chat = f"chat template {settings['chat_template']} " if settings.get("chat_template") else ""
+    return f"{chat}bos={settings['bos']} eos={settings['eos']} tokenizer sha256 {settings['tokenizer_sha256'][:12]}…"
 
 
 def check_done(record: dict, item: Input, options: Options) -> None:
@@ -91,6 +92,8 @@ def write_prepared_manifest(output: Path, tokenizer: Tokenizer, records: dict[st
         _add(filtered, record["filtered"])
         _add(skipped, record["skipped"])
     settings = {"bos": options.bos, "eos": options.eos, "document": _document_shape(options)}
+    if options.chat_template:  # what training reads to know the shards hold conversations with masks
+        settings["chat_template"] = options.chat_template
     inputs = [{k: v for k, v in record.items() if k != "settings"} for record in ordered]
     return write_manifest(
         output,
@@ -112,6 +115,8 @@ def _add(total: dict, counts: dict) -> None:
 
 
 def _document_shape(options: Options) -> str:
+    if options.chat_template:
+        return f"a conversation in chat template {options.chat_template}, starting with <s>"
     return " ".join(["<s>"] * options.bos + ["tokens"] + ["</s>"] * options.eos)
 
 

@@ -5,6 +5,7 @@
   starcoder   <language>/train-*.parquet, the code in column "content"
   jsonl       *.jsonl or *.jsonl.zst, the document in a "text" field per line
   txt         *.txt, one document per file (the .txt files of one folder make one input)
+  chat        *.jsonl or *.jsonl.zst of conversations (conversations.py; only when named)
   auto        each file by its name: .parquet is starcoder, .txt is txt, .jsonl(.zst) is jsonl; a
               JSON line naming its RedPajama set is filtered by set as in slimpajama
 
@@ -97,10 +98,16 @@ def _checked(document: Document, file: Path) -> Document | Skip:
 
 
 def _read_jsonl(path: Path, sets: SetFilter, require_set: bool) -> Iterator[Document | Skip]:
+    yield from read_jsonl_lines(path, lambda line, where: _parse_line(line, path, where, sets, require_set))
+
+
+def read_jsonl_lines(path: Path, parse) -> Iterator:
+    """parse(line, "line N") of each line of a .jsonl or .jsonl.zst file; a truncated or unreadable
+    file is one UserError."""
     number = 0
     try:
         for number, line in enumerate(_lines(path), 1):
-            yield _parse_line(line, path, f"line {number}", sets, require_set)
+            yield parse(line, f"line {number}")
     except _TruncatedZstd as error:
         raise UserError(
             f"{path}: the zstd stream is truncated or corrupt after line {number} ({error}): "
@@ -110,7 +117,8 @@ def _read_jsonl(path: Path, sets: SetFilter, require_set: bool) -> Iterator[Docu
         raise UserError(f"{path}: cannot read it after line {number} ({error})") from None
 
 
-def _parse_line(line: bytes, path: Path, where: str, sets: SetFilter, require_set: bool) -> Document | Skip:
+def json_object(line: bytes, path: Path, where: str) -> dict | Skip:
+    """One line of a JSON Lines file as an object, or the Skip that says why not."""
     if not line.strip():
         return Skip("blank line", path, where, "blank line", problem=False)
     try:
@@ -126,6 +134,13 @@ def _parse_line(line: bytes, path: Path, where: str, sets: SetFilter, require_se
         )
     if not isinstance(record, dict):
         return Skip("invalid JSON", path, where, f"a JSON {type(record).__name__}: expected one JSON object per line")
+    return record
+
+
+def _parse_line(line: bytes, path: Path, where: str, sets: SetFilter, require_set: bool) -> Document | Skip:
+    record = json_object(line, path, where)
+    if isinstance(record, Skip):
+        return record
     text = record.get("text")
     if not isinstance(text, str):
         found = "no field 'text'" if text is None else f"'text' is a {type(text).__name__}"
