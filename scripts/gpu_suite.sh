@@ -6,8 +6,10 @@
 # 3. benchmarks the fused kernels at TinyLlama shapes (bench_kernels.py),
 # 4. trains tinyllama_1b (bf16, seq 2048) on synthetic tokens: our variants and transformers'
 #    LlamaForCausalLM (bench_train.py),
+# 5. times downstream evaluation of tinyllama_1b (bf16) on 1,000 synthetic HellaSwag-format items
+#    (bench_eval.py),
 # then prints a Markdown summary and writes summary.md, environment.txt, pytest.log,
-# bench_kernels.json and bench_train.json (device name, versions, date) into OUT_DIR.
+# bench_kernels.json, bench_train.json and bench_eval.json (device name, versions, date) into OUT_DIR.
 # Wheels of missing pure-Python packages (torchdata: fetch it beforehand with scripts/gpu_wheels.sh)
 # are carried in .whl/ and installed into /tmp/tinytitan-site first. Without CUDA it dry-runs on
 # the debug model.
@@ -83,6 +85,21 @@ timeout 240 "$PYTHON" scripts/bench_train.py "${bench_args[@]}" \
 bench_status=$?
 [ $bench_status -ne 0 ] && tail -20 "$OUT_DIR/bench_train.log"
 
+# 5. Downstream evaluation throughput (the Llama 2 tokenizer when the checkout has it beside it).
+echo "== evaluation throughput"
+if "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  eval_args=(--flavor tinyllama_1b --items 1000)
+else
+  eval_args=(--flavor debug --items 20)  # dry run on CPU
+fi
+for tokenizer in shared/assets/llama2-tokenizer.model ../shared/assets/llama2-tokenizer.model; do
+  [ -f "$tokenizer" ] && eval_args+=(--tokenizer "$tokenizer") && break
+done
+timeout 120 "$PYTHON" scripts/bench_eval.py "${eval_args[@]}" \
+  --json "$OUT_DIR/bench_eval.json" >"$OUT_DIR/bench_eval.md" 2>"$OUT_DIR/bench_eval.log"
+eval_status=$?
+[ $eval_status -ne 0 ] && tail -20 "$OUT_DIR/bench_eval.log"
+
 {
   echo "# GPU suite"
   echo
@@ -95,7 +112,9 @@ bench_status=$?
   [ $kernels_status -eq 0 ] && cat "$OUT_DIR/bench_kernels.md" || echo "bench_kernels failed (exit $kernels_status)"
   echo
   [ $bench_status -eq 0 ] && cat "$OUT_DIR/bench_train.md" || echo "bench_train failed (exit $bench_status)"
+  echo
+  [ $eval_status -eq 0 ] && cat "$OUT_DIR/bench_eval.md" || echo "bench_eval failed (exit $eval_status)"
 } >"$OUT_DIR/summary.md"
 echo "== summary"
 cat "$OUT_DIR/summary.md"
-[ $tests_status -eq 0 ] && [ $kernels_status -eq 0 ] && [ $bench_status -eq 0 ]
+[ $tests_status -eq 0 ] && [ $kernels_status -eq 0 ] && [ $bench_status -eq 0 ] && [ $eval_status -eq 0 ]

@@ -353,3 +353,214 @@ def expected(tokenizer: Tokenizer, documents: list[str], bos: bool = True, eos: 
 
 def folder_contents(folder: Path) -> tuple[dict, dict]:
     return {p.name: p.read_bytes() for p in folder.glob("*.bin")}, read_manifest(folder)
+
+
+# ---- downstream task files: a few rows of each task in its published layout ----
+
+# One row layout per task, as the Hugging Face dataset publishes it (the fields lm-eval reads, and
+# some it does not). Sentences are long enough that a few contexts pass a 64-token max_seq_len.
+TASK_ROWS = {
+    "hellaswag": [
+        {
+            "ind": 4,
+            "activity_label": "Removing ice from car",
+            "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter"
+            " clothes smiles.",
+            "ctx_b": "then",
+            "ctx": "",
+            "endings": [
+                ", the man adds wax to the windshield and cuts it.",
+                ", a person board a ski lift, while two men supporting the head of the person.",
+                ", the man puts on a christmas coat, knitted with netting.",
+                ", the man continues removing the snow on his car.",
+            ],
+            "source_id": "activitynet~v_-1IBHYS3L-Y",
+            "split": "val",
+            "split_type": "indomain",
+            "label": "3",
+        },
+        {
+            "ind": 92,
+            "activity_label": "Home and Garden",
+            "ctx_a": "[header] How to grow a lemon tree [title] Choose a pot. [step] Pick a pot with drainage holes.",
+            "ctx_b": "",
+            "ctx": "",
+            "endings": [
+                "[substeps] Fill it with soil [title] water it daily.",
+                "Plant the seed deep and wait.",
+                "[title] Sell the [step] lemons.",
+                "Use a glass jar instead.",
+            ],
+            "source_id": "wikihow~1234",
+            "split": "val",
+            "split_type": "zeroshot",
+            "label": "0",
+        },
+        {
+            "ind": 7,
+            "activity_label": "Playing piano",
+            "ctx_a": "A girl sits at a piano.",
+            "ctx_b": "she",
+            "ctx": "",
+            "endings": ["plays a song.", "eats the keys.", "walks to the door and leaves.", "sings loudly."],
+            "source_id": "activitynet~x",
+            "split": "val",
+            "split_type": "indomain",
+            "label": "1",
+        },
+    ],
+    "piqa": [
+        {
+            "goal": "How do I ready a guinea pig cage for it's new occupants?",
+            "sol1": "Provide it with a bedding of paper strips.",
+            "sol2": "Provide it with a bedding of jeans material.",
+            "label": 0,
+        },
+        {
+            "goal": "dresser",
+            "sol1": "replace drawer with bobby pin ",
+            "sol2": "finish, woodgrain with  bobby pin ",
+            "label": 1,
+        },
+        {"goal": "To make a cake moist,", "sol1": "add oil.", "sol2": "add sand.", "label": 0},
+    ],
+    "arc_easy": [
+        {
+            "id": "Mercury_7220990",
+            "question": "Which factor will most likely cause a person to develop a fever?",
+            "choices": {
+                "text": [
+                    "a leg muscle relaxing after exercise",
+                    "a bacterial population in the bloodstream",
+                    "several viral particles on the skin",
+                    "carbohydrates being digested in the stomach",
+                ],
+                "label": ["A", "B", "C", "D"],
+            },
+            "answerKey": "B",
+        },
+        {
+            "id": "NYSEDREGENTS_2015_4_2",
+            "question": "Which is a renewable resource?",
+            "choices": {"text": ["coal", "oil", "wind"], "label": ["1", "2", "3"]},
+            "answerKey": "3",
+        },
+    ],
+    "arc_challenge": [
+        {
+            "id": "Mercury_SC_415702",
+            "question": "George wants to warm his hands quickly by rubbing them. Which skin"
+            " surface will produce the most heat?",
+            "choices": {
+                "text": ["dry palms", "wet palms", "palms covered with oil", "palms covered with lotion"],
+                "label": ["A", "B", "C", "D"],
+            },
+            "answerKey": "A",
+        },
+        {
+            "id": "MCAS_2000_4_6",
+            "question": "Which of the following is a trait that a dog does NOT inherit from its parents?",
+            "choices": {
+                "text": [
+                    "the length of its fur",
+                    "the shape of its nose",
+                    "the size of its appetite",
+                    "the color of its fur",
+                ],
+                "label": ["A", "B", "C", "D"],
+            },
+            "answerKey": "C",
+        },
+    ],
+    "winogrande": [
+        {
+            "sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
+            "option1": "Sarah",
+            "option2": "Maria",
+            "answer": "1",
+        },
+        {
+            "sentence": "The trophy doesn't fit into the brown suitcase because the _ is too large.",
+            "option1": "trophy",
+            "option2": "suitcase",
+            "answer": "1",
+        },
+        {
+            "sentence": "He poured water from the bottle into the cup until the _ was full.",
+            "option1": "bottle",
+            "option2": "cup",
+            "answer": "2",
+        },
+    ],
+    "boolq": [
+        {
+            "question": "do iran and afghanistan speak the same language",
+            "passage": "Persian language -- Persian, also"
+            " known by its endonym Farsi, is one of the Western Iranian languages within the Indo-Iranian branch of the"
+            " Indo-European language family. It is primarily spoken in Iran, Afghanistan, and Tajikistan.",
+            "idx": 0,
+            "label": 1,
+        },
+        {
+            "question": "is the sun a planet",
+            "passage": "The Sun is the star at the center of the Solar System.",
+            "idx": 1,
+            "label": 0,
+        },
+    ],
+    "openbookqa": [
+        {
+            "id": "7-980",
+            "question_stem": "The sun is responsible for",
+            "choices": {
+                "text": [
+                    "puppies learning new tricks",
+                    "children growing up and getting old",
+                    "flowers wilting in a vase",
+                    "plants sprouting, blooming and wilting",
+                ],
+                "label": ["A", "B", "C", "D"],
+            },
+            "answerKey": "D",
+        },
+        {
+            "id": "8-376",
+            "question_stem": "When food is reduced in the stomach",
+            "choices": {
+                "text": [
+                    "the mind needs time to digest",
+                    "take a second to digest what I said",
+                    "nutrients are being deconstructed",
+                    "reader's digest is a body of works",
+                ],
+                "label": ["A", "B", "C", "D"],
+            },
+            "answerKey": "C",
+        },
+    ],
+    "lambada_openai": [
+        {
+            "text": 'In my palm is a clear stone, and inside it is a small ivory statuette. A guardian angel. "Figured'
+            " if you're going to be out at night getting hit by cars, you might as well have some backup.\" I look at"
+            " him, feeling stunned. Like this is some sort of sign"
+        },
+        {"text": "She opened the door and called the dog by its name, and the dog came running to the door"},
+        {"text": "Give me  two  apples"},
+    ],
+}
+
+
+def write_task_files(folder: Path) -> dict[str, Path]:
+    """Each task's rows in a file: JSON Lines, and parquet for piqa and arc_challenge."""
+    files = {}
+    for name, rows in TASK_ROWS.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        if name in ("piqa", "arc_challenge"):
+            import pyarrow
+            import pyarrow.parquet
+
+            files[name] = folder / f"{name}.parquet"
+            pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), files[name])
+        else:
+            files[name] = write_lines(folder / f"{name}.jsonl", rows)
+    return files

@@ -29,6 +29,7 @@ from tinytitan.data.sources import build_streams, document_bos_id, tokenizer_voc
 from tinytitan.divergence import DivergenceGuard, poison_gradient
 from tinytitan.dtypes import torch_dtype
 from tinytitan.errors import run_entry_point
+from tinytitan.evaluation.suite import load_validation_tasks
 from tinytitan.files import atomic_write_text
 from tinytitan.gc_control import restore_automatic_gc
 from tinytitan.kernels.cross_entropy import IGNORE_INDEX
@@ -65,6 +66,7 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
         config.data = with_chat_template(config.data)  # the saved config.toml names it for an export
         per_document, bos_id = config.data.document_positions == "per_document", document_bos_id(config.data)
         attention = AttentionOptions(config.model.attention, config.data.document_masking, per_document, bos_id)
+    tasks = load_validation_tasks(config.validation.tasks, config.data, args.max_seq_len)  # a bad file fails here
     config.model = with_shape(config.model, args)  # the saved config.toml says the shape itself
     accumulation, precision = accumulation_steps(t, env.world_size), Precision.of(t.mixed_precision, env.device)
     torch.manual_seed(t.seed)  # the full model, initialised alike on every rank: any number of ranks starts alike
@@ -112,7 +114,7 @@ def _train(config: JobConfig, env) -> list[dict[str, float]]:
         monitor.after_step(step, loss, grad_norm, lr, train_state.tokens_seen, loader.source_counters)
         if validation and config.validation.eval_freq and step % config.validation.eval_freq == 0:
             with monitor.timer.phase("validation"):
-                values = evaluate(model, validation, config.validation, t.micro_batch_size, env, precision)
+                values = evaluate(model, validation, config.validation, t.micro_batch_size, env, precision, tasks)
             monitor.validation(step, values)
         checkpointer.publish_finished()
         preempted = preemption.agreed()

@@ -81,6 +81,8 @@ BAD_NUMBERS = [
     ("bench_kernels.py", ["--warmup", "-1", "--json", "OUT"], "--warmup -1"),
     ("bench_train.py", ["--seq-len", "0", "--json", "OUT"], "--seq-len 0"),
     ("bench_train.py", ["--steps", "0", "--json", "OUT"], "--steps=0"),
+    ("evaluate.py", ["MISSING", "--tasks", "builtin", "--limit", "-1", "--json", "OUT"], "--limit -1"),
+    ("bench_eval.py", ["--items", "0", "--json", "OUT"], "--items 0"),
     ("prepare_data.py", ["MISSING", "--output", "OUT", "--holdout-fraction", "nan"], "--holdout-fraction nan"),
     ("prepare_data.py", ["MISSING", "--output", "OUT", "--tokens-per-shard", "0"], "--tokens-per-shard"),
 ]

@@ -20,8 +20,10 @@ from tinytitan.config.schema import (
     LRScheduler,
     Parallelism,
     Training,
+    Validation,
     toml_value,
 )
+from tinytitan.evaluation.tasks import BUILTIN, TASKS
 
 _REPLICATE, _SHARD = "parallelism.data_parallel_replicate_degree", "parallelism.data_parallel_shard_degree"
 
@@ -43,6 +45,7 @@ def check_consistency(config: JobConfig) -> None:
     _check_warmup(config.lr_scheduler, config.training.steps)
     _check_initial_load(config.checkpoint)
     _check_sources(config.data)
+    _check_tasks(config.validation, config.data.dataset)
     if config.data.document_masking and config.model.attention == "sdpa":
         raise ConfigError(
             'data.document_masking = true: model.attention = "sdpa" attends across the whole window: '
@@ -125,6 +128,24 @@ def _check_weights_never_all_zero(data: Data) -> None:
     for step in points:
         if sum(schedule_value(s.weight, step) for s in data.sources) == 0:
             raise ConfigError(f"data.sources: every weight is 0 at step {step}: expected at least one source above 0")
+
+
+def _check_tasks(validation: Validation, dataset: str) -> None:
+    names = [task.name for task in validation.tasks]
+    for index, task in enumerate(validation.tasks):
+        where = f"validation.tasks[{index}]"
+        if task.name not in TASKS:
+            raise ConfigError(f"{where}.name = {toml_value(task.name)}: expected one of {', '.join(TASKS)}")
+        if task.name != BUILTIN and not task.path:
+            raise ConfigError(f"{where}: name = {toml_value(task.name)}: expected a path to the task's rows")
+        if task.name in names[:index]:
+            raise ConfigError(f"{where}.name = {toml_value(task.name)}: expected names to be unique")
+    if validation.tasks and not validation.eval_freq:
+        raise ConfigError(
+            "validation.tasks is set but validation.eval_freq = 0: expected the steps between evaluations"
+        )
+    if validation.tasks and dataset == "synthetic":  # no validation split, so no evaluation at all
+        raise ConfigError("validation.tasks is set but data.dataset = 'synthetic': expected a real dataset")
 
 
 def mesh_degrees(parallelism: Parallelism, world_size: int) -> tuple[int, int]:

@@ -228,6 +228,17 @@ class Data:
 
 
 @dataclass
+class EvalTask:
+    name: str = option(
+        "",
+        "downstream task: hellaswag, piqa, arc_easy, arc_challenge, winogrande, boolq, openbookqa, lambada_openai, "
+        "or builtin (made from the built-in corpus, no file)",
+    )
+    path: str = option("", "the task's rows as the Hugging Face dataset publishes them (.jsonl or .parquet)")
+    limit: int = option(0, "evaluate the first this many items (0: all)", min=0)
+
+
+@dataclass
 class Validation:
     eval_freq: int = option(0, "evaluate on each source's validation split every this many steps (0: never)", min=0)
     eval_samples: int = option(
@@ -238,6 +249,9 @@ class Validation:
     )
     eval_steps: int = option(
         10, "older key, used when eval_samples = 0: evaluate eval_steps x micro_batch_size samples in all", min=1
+    )
+    tasks: list[EvalTask] = option(
+        [], "zero-shot downstream tasks evaluated every eval_freq steps, logged as eval/<name>/acc and acc_norm"
     )
 
 

@@ -62,6 +62,16 @@ def prose_documents() -> list[str]:
     return [topics[name] for name in sorted(topics)]
 
 
+def is_held_out(index: int) -> bool:
+    """Whether the prose document at `index` belongs to the validation split."""
+    return index % VALIDATION_EVERY == VALIDATION_EVERY - 1
+
+
+def validation_prose_documents() -> list[str]:
+    """The prose documents training never sees (the built-in evaluation task is made of them)."""
+    return [document for index, document in enumerate(prose_documents()) if is_held_out(index)]
+
+
 def code_documents() -> list[str]:
     """Standard-library sources in a fixed shuffled order, so the mix spans many modules."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -81,7 +91,7 @@ def code_documents() -> list[str]:
     return documents
 
 
-def _train_tokenizer(documents: list[str], model_path: Path) -> None:
+def train_tokenizer(documents: list[str], model_path: Path) -> None:
     """A Llama-style BPE: byte fallback, digits split, whitespace kept as is (code indentation)."""
     lines = [line for document in documents for line in document.split("\n") if line.strip()]
     model = io.BytesIO()
@@ -159,17 +169,17 @@ def _tokenizer_for(folder: Path, prose: list[str], code: list[str], tokenizer_pa
         code_sample.append(document)
         size += len(document)
     print(f"built-in corpus: training a {BUILTIN_VOCAB_SIZE}-piece BPE tokenizer", file=sys.stderr, flush=True)
-    _train_tokenizer(prose + code_sample, model_path)
+    train_tokenizer(prose + code_sample, model_path)
     return Tokenizer(model_path)
 
 
 def _build(folder: Path, tokenizer_path: Path | None) -> None:
     prose, code = prose_documents(), code_documents()
     tokenizer = _tokenizer_for(folder, prose, code, tokenizer_path)
-    is_held_out = [i % VALIDATION_EVERY == VALIDATION_EVERY - 1 for i in range(len(prose))]
-    prose_train, _ = _encode_within("prose", [d for d, out in zip(prose, is_held_out) if not out], tokenizer, None)
+    held_out = [is_held_out(i) for i in range(len(prose))]
+    prose_train, _ = _encode_within("prose", [d for d, out in zip(prose, held_out) if not out], tokenizer, None)
     prose_validation, _ = _encode_within(
-        "prose (validation)", [d for d, out in zip(prose, is_held_out) if out], tokenizer, None
+        "prose (validation)", [d for d, out in zip(prose, held_out) if out], tokenizer, None
     )
     tokens = _write_source(folder / "prose", tokenizer, {"train": prose_train, "validation": prose_validation})
     code_share = WEIGHTS["code"] / WEIGHTS["prose"]

@@ -1,0 +1,1 @@
+"""Zero-shot downstream evaluation: lm-evaluation-harness tasks read from local files, scored on tinytitan's model."""
