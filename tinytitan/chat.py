@@ -34,7 +34,7 @@ def choose_template(choice: str, model_path: Path, spec: ModelSpec) -> str | Non
         if choice not in TEMPLATES:
             raise UserError(f"--template {choice!r}: expected auto, {PLAIN} or one of {', '.join(sorted(TEMPLATES))}")
         return choice
-    finetuned_on = getattr(spec, "chat_template", "")  # a checkpoint's run's data.chat_template, where it has one
+    finetuned_on = spec.chat_template  # a checkpoint's run's data.chat_template, where it has one
     if finetuned_on:
         return finetuned_on
     config = Path(model_path) / "tokenizer_config.json"

@@ -61,7 +61,8 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(tmp_path, corpus_cache, uni
     assert losses(tmp_path / "debug") == losses(uninterrupted)
 
 
-@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+# From 2 ranks to 1 (FSDP shards gathered into one); the loader tests change rank counts both ways.
+@pytest.mark.parametrize("before, after", [(2, 1)])
 def test_resume_on_another_number_of_ranks_continues_the_run(tmp_path, corpus_cache, uninterrupted, before, after):
     args = overrides(tmp_path, corpus_cache, "--data.num_workers=0")
     process = launch(args, ranks=before)
