@@ -16,8 +16,6 @@ def validation_losses(run_dir) -> dict[tuple[str, int], float]:
 @pytest.mark.parametrize(
     "one, two",
     [
-        # the older key with the same micro-batch on both: it used to evaluate twice the samples on two ranks
-        (["--training.micro_batch_size=4"], ["--training.micro_batch_size=4"]),
         # a sample count that divides into neither the ranks' micro-batches nor evenly between ranks
         (
             ["--training.micro_batch_size=8", "--validation.eval_samples=13"],
