@@ -16,7 +16,7 @@ Type /reset to start a new conversation; end with Ctrl-D.
 import argparse
 import sys
 
-from tinytitan.chat import PLAIN, ChatSession, choose_template
+from tinytitan.chat import ChatSession, add_chat_options, choose_template
 from tinytitan.errors import UserError, run_entry_point
 from tinytitan.inference_options import add_model_options, add_sampling_options, load_from, sampling_from
 
@@ -25,8 +25,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser)
     add_sampling_options(parser, temperature=0.7, top_p=0.9, max_new_tokens=256)
-    parser.add_argument("--system", default="", help="system prompt at the start of the conversation")
-    parser.add_argument("--template", default="auto", help=f"chat template name, auto (default) or {PLAIN}")
+    add_chat_options(parser, "system prompt at the start of the conversation")
     return parser.parse_args(argv)
 
 

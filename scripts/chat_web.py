@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from tinytitan.chat import PLAIN, choose_template, stream_reply
+from tinytitan.chat import add_chat_options, choose_template, stream_reply
 from tinytitan.errors import UserError, run_entry_point
 from tinytitan.generation import Sampling
 from tinytitan.inference_options import add_model_options, add_sampling_options, load_from, sampling_from
@@ -28,8 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser)
     add_sampling_options(parser, temperature=0.7, top_p=0.9, max_new_tokens=256)
-    parser.add_argument("--system", default="", help="the system prompt the page starts with")
-    parser.add_argument("--template", default="auto", help=f"chat template name, auto (default) or {PLAIN}")
+    add_chat_options(parser, "the system prompt the page starts with")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     return parser.parse_args(argv)

@@ -24,6 +24,12 @@ from tinytitan.models.llama import Transformer
 PLAIN = "none"  # --template none: plain continuation, for a base model
 
 
+def add_chat_options(parser, system_help: str) -> None:
+    """The options both chat scripts take: a system prompt and the template (see choose_template)."""
+    parser.add_argument("--system", default="", help=system_help)
+    parser.add_argument("--template", default="auto", help=f"chat template name, auto (default) or {PLAIN}")
+
+
 def choose_template(choice: str, model_path: Path, spec: ModelSpec) -> str | None:
     """The template's name for --template `choice`: a name, "none" (None: plain continuation), or
     "auto": the run's data.chat_template for a checkpoint, the template in an exported folder's
