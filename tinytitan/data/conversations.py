@@ -21,19 +21,21 @@ both are counted and reported by the caller.
 """
 
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from tinytitan.data.shards import open_mask, open_shard, read_header
+from tinytitan.data.streams import EpochOrder
 from tinytitan.errors import UserError
 from tinytitan.kernels.cross_entropy import IGNORE_INDEX
 
 OPEN_WINDOWS = 64  # windows packing may still add to
 
 
-class ConversationStream:
+class ConversationStream(EpochOrder):
+    ORDER_SEED = (0,)  # the epochs' window orders; (seed, 1) draws the packing order
+
     def __init__(
         self,
         shard_paths: Sequence[Path],
@@ -133,16 +135,6 @@ class ConversationStream:
             room[slot] -= length
         starts = np.cumsum([0] + [len(members) for members in windows])
         return np.array([c for members in windows for c in members], dtype=np.int64), starts
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if "_order_cache" not in self.__dict__:
-            self._order_cache = lru_cache(maxsize=2)(self._draw_order)
-        return self._order_cache(epoch)
-
-    def _draw_order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.windows_per_epoch)
-        return np.random.default_rng([*self.seed, 0, epoch]).permutation(self.windows_per_epoch)
 
     def conversations_in(self, index: int) -> list[int]:
         """The conversations (by stored order) of sample `index`'s window, in their order in it."""

@@ -26,7 +26,28 @@ class Stream(Protocol):
     def sample(self, index: int) -> np.ndarray: ...
 
 
-class SampleStream:
+class EpochOrder:
+    """The order in which a stream's windows_per_epoch windows are visited in each epoch: drawn from
+    (seed, ORDER_SEED, epoch) when shuffling, kept for the last two epochs. The stream keeps
+    `_order_cache` out of what it pickles for loader workers."""
+
+    ORDER_SEED: tuple[int, ...] = ()
+    seed: list[int]
+    shuffle: bool
+    windows_per_epoch: int
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if "_order_cache" not in self.__dict__:
+            self._order_cache = lru_cache(maxsize=2)(self._draw_order)
+        return self._order_cache(epoch)
+
+    def _draw_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.windows_per_epoch)
+        return np.random.default_rng([*self.seed, *self.ORDER_SEED, epoch]).permutation(self.windows_per_epoch)
+
+
+class SampleStream(EpochOrder):
     def __init__(self, shard_paths: Sequence[Path], seq_len: int, seed: Sequence[int], shuffle: bool = True):
         if not shard_paths:
             raise UserError("data: no token shards to read")
@@ -51,16 +72,6 @@ class SampleStream:
 
     def __getstate__(self):
         return {key: value for key, value in self.__dict__.items() if key not in ("_maps", "_order_cache")}
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if "_order_cache" not in self.__dict__:
-            self._order_cache = lru_cache(maxsize=2)(self._draw_order)
-        return self._order_cache(epoch)
-
-    def _draw_order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.windows_per_epoch)
-        return np.random.default_rng([*self.seed, epoch]).permutation(self.windows_per_epoch)
 
     def _read(self, start: int, length: int) -> np.ndarray:
         """`length` tokens from global offset `start`, crossing shard boundaries as needed."""
